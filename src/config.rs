@@ -1,0 +1,677 @@
+//! The one typed configuration: built-in defaults < TOML file < `PRIME_PROXY_*` environment,
+//! deserialised by figment and validated once at start.
+//!
+//! Everything downstream receives values from here that are already valid: addresses parsed,
+//! endpoints checked, marketplaces unique. A refusal names the key that caused it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "PRIME_PROXY_";
+
+/// Environment variables under [`ENV_PREFIX`] that are not configuration keys.
+const NON_CONFIG_ENV: &[&str] = &["log_format"];
+
+/// Shown instead of secrets when the configuration is printed.
+const REDACTED: &str = "<redacted>";
+
+/// The whole configuration of one proxy process.
+///
+/// Field order matters: TOML needs plain values before tables when printed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where applications send their unsigned requests.
+    pub listen: SocketAddr,
+    /// Health, readiness and metrics.
+    pub admin_listen: SocketAddr,
+    /// Larger request bodies get 413 `body_too_large`.
+    pub max_body_bytes: u64,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_ms: u64,
+    /// Optional TLS on `listen`.
+    pub tls: InboundTlsConfig,
+    /// Limits that protect the listener from abusive or broken clients.
+    pub listener: ListenerConfig,
+    /// How the proxy talks to Prime.
+    pub upstream: UpstreamConfig,
+    /// Region key (`na`, `eu`, `fe`, …) → endpoint, signing region and marketplaces.
+    pub regions: BTreeMap<String, RegionConfig>,
+    /// SigV4 settings.
+    pub signing: SigningConfig,
+    /// Optional role to assume on top of the default AWS credential chain.
+    pub credentials: CredentialsConfig,
+    /// Retry policy for upstream attempts.
+    pub retry: RetryConfig,
+    /// Local rate limits applied before anything goes upstream.
+    pub rate_limit: RateLimitConfig,
+}
+
+/// `[tls]`: serve the listener over TLS (for non-loopback use).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundTlsConfig {
+    /// PEM certificate chain; reloaded when the file changes. Empty: plain HTTP.
+    pub cert_file: String,
+    /// PEM private key; reloaded together with `cert_file`.
+    pub key_file: String,
+    /// PEM roots for client certificates; when set, clients must present one (mutual TLS).
+    pub client_ca_file: String,
+}
+
+/// `[listener]`: protection against slow, oversized or too many clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// A client must send its complete request head within this time (slowloris).
+    pub header_read_timeout_ms: u64,
+    /// A client must send its complete request body within this time.
+    pub body_read_timeout_ms: u64,
+    /// Upper bound on the bytes of one request head.
+    pub max_header_bytes: usize,
+    /// Upper bound on the number of headers of one request.
+    pub max_headers: usize,
+    /// Connections beyond this wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// Requests beyond this are answered 503 `overloaded` at once.
+    pub max_in_flight: usize,
+}
+
+/// `[upstream]`: the TLS client towards Prime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// PEM roots trusted in addition to the system's. Empty: system roots only.
+    pub ca_file: String,
+    pub connect_timeout_ms: u64,
+    /// One upstream attempt, up to the response head (and a small body, read whole).
+    pub attempt_timeout_ms: u64,
+    /// All attempts and backoff together.
+    pub total_timeout_ms: u64,
+    pub pool_idle_timeout_ms: u64,
+    /// Idle keep-alive connections kept per endpoint.
+    pub pool_max_idle_per_host: usize,
+    /// Allow `http://` endpoints (tests, local fakes). Never on by default.
+    pub allow_plain_http: bool,
+    /// HTTP/2 to Prime only after Prime has agreed to it.
+    pub http2: bool,
+}
+
+/// `[regions.<key>]`: one Prime region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    pub endpoint: String,
+    pub signing_region: String,
+    pub marketplaces: Vec<String>,
+}
+
+/// `[signing]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    pub service: String,
+}
+
+/// `[credentials]`: the default AWS chain is always the source; this optionally assumes a role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialsConfig {
+    /// Empty: use the chain's identity directly.
+    pub role_arn: String,
+    pub session_name: String,
+    /// A secret shared with the role's owner: never printed.
+    pub external_id: String,
+}
+
+/// `[retry]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// 1 = no retries.
+    pub max_attempts: u32,
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+    pub retry_on_status: Vec<u16>,
+    /// Size of the shared retry token bucket (0 = no budget: every retry is allowed).
+    pub budget_tokens: u32,
+    /// Tokens one retry costs (a retry after a timeout costs twice this).
+    pub budget_retry_cost: u32,
+    /// Tokens a first-attempt success puts back.
+    pub budget_success_refill: u32,
+}
+
+/// `[rate_limit]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// 0 = off.
+    pub requests_per_second: f64,
+    /// 0 = the per-second rate, rounded up.
+    pub burst: u32,
+    /// Wait up to this long for a permit, then reject with 429.
+    pub max_wait_ms: u64,
+    /// Requests allowed to wait for a permit at once; more are rejected at once.
+    pub max_waiting: usize,
+    /// Extra limits for matching requests, applied on top of the global one.
+    pub routes: Vec<RouteLimitConfig>,
+}
+
+/// `[[rate_limit.routes]]`: a limit for requests whose path starts with `path_prefix`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimitConfig {
+    pub path_prefix: String,
+    /// Empty: every method.
+    #[serde(default)]
+    pub method: String,
+    pub requests_per_second: f64,
+    #[serde(default)]
+    pub burst: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_ms: 10_000,
+            tls: InboundTlsConfig::default(),
+            listener: ListenerConfig::default(),
+            upstream: UpstreamConfig::default(),
+            regions: default_regions(),
+            signing: SigningConfig::default(),
+            credentials: CredentialsConfig::default(),
+            retry: RetryConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// Prime's region table ("Appendix A").
+fn default_regions() -> BTreeMap<String, RegionConfig> {
+    let region = |endpoint: &str, signing_region: &str, marketplaces: &[&str]| RegionConfig {
+        endpoint: endpoint.to_owned(),
+        signing_region: signing_region.to_owned(),
+        marketplaces: marketplaces.iter().map(|m| (*m).to_owned()).collect(),
+    };
+    BTreeMap::from([
+        (
+            "na".to_owned(),
+            region(
+                "https://prime-apis.amazon.com",
+                "us-east-1",
+                &["US", "CA", "MX"],
+            ),
+        ),
+        (
+            "eu".to_owned(),
+            region(
+                "https://prime-apis.amazon.eu",
+                "eu-west-1",
+                &[
+                    "UK", "FR", "IT", "ES", "IN", "AE", "SA", "EG", "NL", "DE", "TR",
+                ],
+            ),
+        ),
+        (
+            "fe".to_owned(),
+            region(
+                "https://prime-apis.amazon.jp",
+                "us-west-2",
+                &["JP", "SG", "AU"],
+            ),
+        ),
+    ])
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 4096,
+            max_in_flight: 1024,
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            ca_file: String::new(),
+            connect_timeout_ms: 2_000,
+            attempt_timeout_ms: 10_000,
+            total_timeout_ms: 30_000,
+            pool_idle_timeout_ms: 90_000,
+            pool_max_idle_per_host: 256,
+            allow_plain_http: false,
+            http2: false,
+        }
+    }
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self {
+            service: "execute-api".to_owned(),
+        }
+    }
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        Self {
+            role_arn: String::new(),
+            session_name: "prime-sigv4-proxy".to_owned(),
+            external_id: String::new(),
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay_ms: 100,
+            max_delay_ms: 5_000,
+            retry_on_status: vec![429, 500, 502, 503, 504],
+            budget_tokens: 500,
+            budget_retry_cost: 5,
+            budget_success_refill: 1,
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 0.0,
+            burst: 0,
+            max_wait_ms: 0,
+            max_waiting: 1024,
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// Why the configuration was refused. Each variant names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Merges defaults, the optional TOML file and the process environment, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::prefixed(ENV_PREFIX))
+    }
+
+    /// Like [`Config::load`] with the given environment provider (tests pass a fixed one).
+    pub fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            // figment treats a missing file as empty: a typo in --config must not go unnoticed.
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(ConfigError::File {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let env = env
+            .split("__")
+            .filter(|key| !NON_CONFIG_ENV.contains(&key.as_str()));
+        figment = figment.merge(env);
+        let config: Config = figment.extract().map_err(describe_figment_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on top of the defaults, without the environment (tests, examples).
+    pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(describe_figment_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The merged configuration as TOML, with secrets redacted (for `--check-config`).
+    pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
+        let mut shown = self.clone();
+        if !shown.credentials.external_id.is_empty() {
+            shown.credentials.external_id = REDACTED.to_owned();
+        }
+        toml::to_string(&shown).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Every rule that figment's types cannot express.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            return Err(invalid("admin_listen", "must differ from `listen`"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(invalid("max_body_bytes", "must be greater than 0"));
+        }
+        self.tls.validate()?;
+        self.listener.validate()?;
+        self.upstream.validate()?;
+        self.validate_regions()?;
+        if self.signing.service.trim().is_empty() {
+            return Err(invalid("signing.service", "must not be empty"));
+        }
+        if !self.credentials.role_arn.is_empty() && !self.credentials.role_arn.starts_with("arn:") {
+            return Err(invalid(
+                "credentials.role_arn",
+                "must be a role ARN (arn:aws:iam::<account>:role/<name>)",
+            ));
+        }
+        if !self.credentials.role_arn.is_empty() && self.credentials.session_name.is_empty() {
+            return Err(invalid("credentials.session_name", "must not be empty"));
+        }
+        self.retry.validate()?;
+        self.rate_limit.validate()?;
+        Ok(())
+    }
+
+    fn validate_regions(&self) -> Result<(), ConfigError> {
+        if self.regions.is_empty() {
+            return Err(invalid("regions", "at least one region is needed"));
+        }
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for (key, region) in &self.regions {
+            let at = |field: &str| format!("regions.{key}.{field}");
+            if key.is_empty()
+                || !key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(invalid(
+                    format!("regions.{key}"),
+                    "a region key is letters, digits, '-' or '_'",
+                ));
+            }
+            if key == "none" {
+                return Err(invalid(
+                    "regions.none",
+                    "`none` is the metrics label for requests that matched no region",
+                ));
+            }
+            check_endpoint(&region.endpoint, self.upstream.allow_plain_http)
+                .map_err(|reason| invalid(at("endpoint"), reason))?;
+            if region.signing_region.trim().is_empty() {
+                return Err(invalid(at("signing_region"), "must not be empty"));
+            }
+            if region.marketplaces.is_empty() {
+                return Err(invalid(
+                    at("marketplaces"),
+                    "must list at least one marketplace",
+                ));
+            }
+            for marketplace in &region.marketplaces {
+                let code = marketplace.trim().to_ascii_uppercase();
+                if code.is_empty() || !code.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(invalid(
+                        at("marketplaces"),
+                        format!("{marketplace:?} is not a marketplace code"),
+                    ));
+                }
+                if let Some(other) = seen.insert(code.clone(), key) {
+                    return Err(invalid(
+                        at("marketplaces"),
+                        format!(
+                            "marketplace {code} is also listed in regions.{other}.marketplaces"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// An endpoint is `https://host[:port]` with no path, query or credentials.
+fn check_endpoint(endpoint: &str, allow_plain_http: bool) -> Result<(), String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{endpoint:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if allow_plain_http => {}
+        Some("http") => {
+            return Err(format!(
+                "{endpoint:?} is not https:// (set upstream.allow_plain_http = true for a local test endpoint)"
+            ))
+        }
+        _ => return Err(format!("{endpoint:?} must start with https://")),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{endpoint:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("{endpoint:?} must not carry user information"));
+    }
+    if authority.host().is_empty() {
+        return Err(format!("{endpoint:?} has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{endpoint:?} must be scheme and host only: the client's path is appended"
+        ));
+    }
+    Ok(())
+}
+
+impl InboundTlsConfig {
+    /// True when the listener serves TLS.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (self.cert_file.is_empty(), self.key_file.is_empty()) {
+            (true, false) => Err(invalid(
+                "tls.cert_file",
+                "is needed when tls.key_file is set",
+            )),
+            (false, true) => Err(invalid(
+                "tls.key_file",
+                "is needed when tls.cert_file is set",
+            )),
+            (true, true) if !self.client_ca_file.is_empty() => Err(invalid(
+                "tls.client_ca_file",
+                "needs tls.cert_file and tls.key_file (mutual TLS is TLS first)",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ListenerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive(
+            "listener.header_read_timeout_ms",
+            self.header_read_timeout_ms,
+        )?;
+        positive("listener.body_read_timeout_ms", self.body_read_timeout_ms)?;
+        if self.max_header_bytes < 8192 {
+            return Err(invalid(
+                "listener.max_header_bytes",
+                "must be at least 8192",
+            ));
+        }
+        positive("listener.max_headers", self.max_headers as u64)?;
+        positive("listener.max_connections", self.max_connections as u64)?;
+        positive("listener.max_in_flight", self.max_in_flight as u64)?;
+        Ok(())
+    }
+}
+
+impl UpstreamConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive("upstream.connect_timeout_ms", self.connect_timeout_ms)?;
+        positive("upstream.attempt_timeout_ms", self.attempt_timeout_ms)?;
+        positive("upstream.total_timeout_ms", self.total_timeout_ms)?;
+        Ok(())
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.attempt_timeout_ms)
+    }
+    pub fn total_timeout(&self) -> Duration {
+        Duration::from_millis(self.total_timeout_ms)
+    }
+    pub fn pool_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_idle_timeout_ms)
+    }
+}
+
+impl RetryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_attempts == 0 {
+            return Err(invalid(
+                "retry.max_attempts",
+                "must be at least 1 (1 = no retries)",
+            ));
+        }
+        if self.max_delay_ms < self.base_delay_ms {
+            return Err(invalid(
+                "retry.max_delay_ms",
+                "must not be below retry.base_delay_ms",
+            ));
+        }
+        for status in &self.retry_on_status {
+            if !(100..=599).contains(status) {
+                return Err(invalid(
+                    "retry.retry_on_status",
+                    format!("{status} is not an HTTP status"),
+                ));
+            }
+            if matches!(status, 400 | 403) {
+                return Err(invalid(
+                    "retry.retry_on_status",
+                    format!("{status} is never retried: the request itself is at fault"),
+                ));
+            }
+        }
+        if self.budget_tokens > 0 && self.budget_retry_cost == 0 {
+            return Err(invalid(
+                "retry.budget_retry_cost",
+                "must be at least 1 when retry.budget_tokens is set",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RateLimitConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_rate("rate_limit.requests_per_second", self.requests_per_second)?;
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = |field: &str| format!("rate_limit.routes[{i}].{field}");
+            if !route.path_prefix.starts_with('/') {
+                return Err(invalid(at("path_prefix"), "must start with '/'"));
+            }
+            if !route.method.is_empty()
+                && http::Method::from_bytes(route.method.as_bytes()).is_err()
+            {
+                return Err(invalid(
+                    at("method"),
+                    format!("{:?} is not an HTTP method", route.method),
+                ));
+            }
+            check_rate(&at("requests_per_second"), route.requests_per_second)?;
+            if route.requests_per_second == 0.0 {
+                return Err(invalid(at("requests_per_second"), "must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_rate(key: &str, rate: f64) -> Result<(), ConfigError> {
+    if !rate.is_finite() || rate < 0.0 {
+        return Err(invalid(key, "must be a number ≥ 0"));
+    }
+    if rate > 0.0 && rate < 0.001 {
+        return Err(invalid(key, "must be 0 (off) or at least 0.001"));
+    }
+    Ok(())
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(invalid(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+/// figment's messages already carry the key path; this makes them read as one line per fault.
+fn describe_figment_error(error: figment::Error) -> ConfigError {
+    let lines: Vec<String> = error.into_iter().map(describe_one).collect();
+    ConfigError::Parse(lines.join("; "))
+}
+
+fn describe_one(error: figment::Error) -> String {
+    let key = error.path.join(".");
+    let origin = error
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(source) => format!(" (from {source})"),
+            None => format!(" (from {})", m.name),
+        })
+        .unwrap_or_default();
+    match &error.kind {
+        figment::error::Kind::UnknownField(field, _) => {
+            let full = if key.is_empty() {
+                field.clone()
+            } else {
+                format!("{key}.{field}")
+            };
+            format!("unknown configuration key `{full}`{origin}")
+        }
+        kind if key.is_empty() => format!("{kind}{origin}"),
+        kind => format!("invalid value for `{key}`: {kind}{origin}"),
+    }
+}
+
+impl fmt::Display for RegionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.endpoint, self.signing_region)
+    }
+}

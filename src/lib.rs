@@ -1,0 +1,216 @@
+//! prime-sigv4-proxy: a localhost signing sidecar for Amazon Prime APIs.
+//!
+//! An application sends a plain HTTP request with an `x-amz-marketplace` header; the proxy
+//! routes it to the marketplace's Prime region, signs it with AWS SigV4 using IAM role
+//! credentials, forwards it over pooled TLS connections with retries and rate limits, and
+//! streams the answer back.
+//!
+//! The modules follow a request: [`config`] → [`listener`] → [`route`] → [`prepare`] →
+//! [`limit`] → [`sign`] → [`upstream`] → [`respond`], orchestrated by [`proxy`]; beside them
+//! [`credentials`], [`admin`] (with [`metrics`]), [`tls`] and [`error`].
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod limit;
+pub mod listener;
+pub mod logging;
+pub mod metrics;
+pub mod prepare;
+pub mod proxy;
+pub mod respond;
+pub mod route;
+pub mod sign;
+pub mod tls;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use aws_credential_types::provider::SharedCredentialsProvider;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::AdminState;
+use crate::config::Config;
+use crate::credentials::CredentialStore;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::route::MarketplaceTable;
+use crate::upstream::Upstream;
+
+/// The proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("region table: {0}")]
+    Regions(String),
+    #[error(transparent)]
+    Client(#[from] upstream::client::ClientError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Where signing credentials come from.
+pub enum CredentialSource {
+    /// The standard AWS chain, with `credentials.role_arn` assumed on top when set.
+    DefaultChain,
+    /// A given provider (tests and embedding).
+    Provider(SharedCredentialsProvider),
+}
+
+/// Runs the proxy on the given listeners until `shutdown` completes, then drains in-flight
+/// requests for up to `shutdown_grace_ms`. Credentials come from the default AWS chain.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    run_with(
+        config,
+        listener,
+        admin_listener,
+        CredentialSource::DefaultChain,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with an explicit credential source.
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    source: CredentialSource,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let credentials = CredentialStore::new();
+    let table = MarketplaceTable::new(&config.regions).map_err(StartError::Regions)?;
+    let client = upstream::client::build(&config.upstream)?;
+    let tls = if config.tls.enabled() {
+        Some(tls::acceptor(&config.tls)?)
+    } else {
+        None
+    };
+
+    // Background tasks: credential refresh and certificate reload, off the request path.
+    let mut background = Vec::new();
+    let store = Arc::clone(&credentials);
+    let credentials_config = config.credentials.clone();
+    background.push(tokio::spawn(async move {
+        let provider = match source {
+            CredentialSource::DefaultChain => {
+                credentials::chain_provider(&credentials_config).await
+            }
+            CredentialSource::Provider(provider) => provider,
+        };
+        credentials::refresh_forever(provider, store).await;
+    }));
+    let acceptor = tls.map(|(acceptor, certificate)| {
+        background.push(tokio::spawn(certificate.watch()));
+        acceptor
+    });
+
+    let upstream = Upstream::new(
+        &config,
+        client,
+        Arc::clone(&credentials),
+        Arc::clone(&metrics),
+    );
+    let proxy = Arc::new(Proxy::new(&config, table, upstream, Arc::clone(&metrics)));
+    let admin = AdminState::new(Arc::clone(&credentials), Arc::clone(&metrics));
+
+    for region in proxy_regions(&config) {
+        tracing::info!(%region, "region configured");
+    }
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin_listen = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        tls = acceptor.is_some(),
+        "prime-sigv4-proxy serving"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let grace = config.shutdown_grace();
+    let handshake_timeout =
+        std::time::Duration::from_millis(config.listener.header_read_timeout_ms);
+
+    let proxy_handler = {
+        let proxy = Arc::clone(&proxy);
+        move |request| {
+            let proxy = Arc::clone(&proxy);
+            async move { proxy.handle(request).await }
+        }
+    };
+    let proxy_options = listener::ServeOptions {
+        tls: acceptor,
+        builder: listener::http_builder(&config.listener),
+        max_connections: config.listener.max_connections,
+        handshake_timeout,
+        grace,
+    };
+    let proxy_server = tokio::spawn(listener::serve(
+        listener,
+        proxy_options,
+        proxy_handler,
+        stop_rx,
+    ));
+
+    let admin_handler = {
+        let admin = Arc::clone(&admin);
+        let proxy = Arc::clone(&proxy);
+        move |request| {
+            let response = admin.handle(&request, proxy.upstream().clock());
+            async move { response }
+        }
+    };
+    // The admin listener keeps answering while the proxy drains (readiness says 503), and
+    // stops after it.
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let admin_options = listener::ServeOptions {
+        tls: None,
+        builder: listener::http_builder(&config.listener),
+        max_connections: 64,
+        handshake_timeout,
+        grace: std::time::Duration::from_secs(1),
+    };
+    let admin_server = tokio::spawn(listener::serve(
+        admin_listener,
+        admin_options,
+        admin_handler,
+        admin_stop_rx,
+    ));
+
+    shutdown.await;
+    tracing::info!(
+        grace_ms = config.shutdown_grace_ms,
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    admin.draining.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    if let Err(error) = proxy_server.await {
+        tracing::error!(%error, "proxy listener task failed");
+    }
+    let _ = admin_stop_tx.send(true);
+    let _ = admin_server.await;
+    for task in background {
+        task.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn proxy_regions(config: &Config) -> impl Iterator<Item = String> + '_ {
+    config.regions.iter().map(|(key, region)| {
+        format!(
+            "{key}: {} ({}) for {}",
+            region.endpoint,
+            region.signing_region,
+            region.marketplaces.join(",")
+        )
+    })
+}

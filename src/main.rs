@@ -1,0 +1,112 @@
+//! The `prime-sigv4-proxy` binary: parses arguments, loads the configuration, binds the
+//! listeners and runs the proxy until SIGTERM/SIGINT.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use prime_sigv4_proxy::config::Config;
+
+/// Exit status for a refused configuration (the SPEC's contract).
+const EXIT_CONFIG: u8 = 2;
+/// Exit status when the proxy could not start for another reason (port taken, …).
+const EXIT_START: u8 = 1;
+
+/// Local signing proxy for Amazon Prime APIs: routes by x-amz-marketplace, signs with
+/// AWS SigV4, retries and rate-limits.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file (built-in defaults < this file < PRIME_PROXY_* environment).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the merged configuration, print it (secrets redacted) and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("prime-sigv4-proxy: configuration refused: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check_config {
+        return match config.to_redacted_toml() {
+            Ok(toml) => {
+                print!("{toml}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("prime-sigv4-proxy: {error}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
+    if let Some(warning) = prime_sigv4_proxy::logging::init() {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("prime-sigv4-proxy: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_START);
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, listen = %config.listen, "cannot bind `listen`");
+            return ExitCode::from(EXIT_START);
+        }
+    };
+    let admin_listener = match tokio::net::TcpListener::bind(config.admin_listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, admin_listen = %config.admin_listen, "cannot bind `admin_listen`");
+            return ExitCode::from(EXIT_START);
+        }
+    };
+    match prime_sigv4_proxy::run(config, listener, admin_listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            eprintln!("prime-sigv4-proxy: {error}");
+            ExitCode::from(EXIT_START)
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

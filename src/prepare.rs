@@ -1,0 +1,477 @@
+//! Turns a client's plain request into the request Prime will receive (before signing):
+//! target checks, the canonical query string, the forwarded headers, the buffered body.
+//!
+//! The query string is the subtle part. LWA access tokens travel in `customerIdentifier`
+//! and contain `|`, `+`, `/`, `=`; clients send them raw or percent-encoded, and a `+` is
+//! a literal plus (not a space). The proxy decodes each name and value once, re-encodes
+//! them with the SigV4 unreserved set and sends exactly the canonical query string it
+//! signs, so what is signed is what is sent.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri, Version};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+
+/// Bytes that SigV4 leaves unencoded: `A-Z a-z 0-9 - _ . ~`.
+const SIGV4_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The request id header: kept from the client, else created; echoed on the response.
+pub static X_AMZ_REQUEST_ID: HeaderName = HeaderName::from_static("x-amz-request-id");
+/// The header that selects the region.
+pub static X_AMZ_MARKETPLACE: HeaderName = HeaderName::from_static("x-amz-marketplace");
+
+/// Headers a client must not control: hop-by-hop headers (RFC 9110 §7.6.1), the proxy's own
+/// framing decisions, and anything that would carry or fake a signature.
+static DROPPED_HEADERS: [HeaderName; 15] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-amz-date"),
+    HeaderName::from_static("x-amz-security-token"),
+    HeaderName::from_static("x-amz-content-sha256"),
+    // Set by the proxy: Host from the region, Content-Length from the buffered body.
+    header::HOST,
+    header::CONTENT_LENGTH,
+    // The proxy has already read the whole body; upstream must not wait for a 100.
+    header::EXPECT,
+];
+
+/// Why a request cannot be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("CONNECT is not supported: this is a signing reverse proxy, not a tunnel")]
+    Connect,
+    #[error("absolute-form request targets are not accepted: send the path only, the marketplace picks the host")]
+    AbsoluteForm,
+    #[error("the request target must be a path starting with '/'")]
+    NotAPath,
+    #[error("the path contains a '.' or '..' segment")]
+    DotSegment,
+    #[error("the query string has a '%' that is not followed by two hex digits")]
+    BadPercentEncoding,
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the request body could not be read: {0}")]
+    BodyRead(String),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    #[error("header {0} has a value the proxy cannot forward")]
+    BadHeader(&'static str),
+}
+
+/// Refuses what a reverse proxy must not forward: CONNECT, absolute-form and
+/// asterisk-form targets, dot segments.
+///
+/// Over HTTP/2 every request carries `:scheme` and `:authority`, so only HTTP/1 targets with
+/// a scheme are absolute-form.
+pub fn check_target(method: &Method, uri: &Uri, version: Version) -> Result<(), PrepareError> {
+    if method == Method::CONNECT {
+        return Err(PrepareError::Connect);
+    }
+    if version < Version::HTTP_2 && (uri.scheme().is_some() || uri.authority().is_some()) {
+        return Err(PrepareError::AbsoluteForm);
+    }
+    let path = uri.path();
+    if !path.starts_with('/') {
+        return Err(PrepareError::NotAPath);
+    }
+    if path.split('/').any(is_dot_segment) {
+        return Err(PrepareError::DotSegment);
+    }
+    Ok(())
+}
+
+/// `.` or `..`, with each dot possibly written `%2e` / `%2E`.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    matches!(dots, 1 | 2)
+}
+
+/// The canonical query string: each name and value percent-decoded once (`+` stays a plus),
+/// re-encoded with the SigV4 unreserved set, pairs ordered by encoded name then value.
+/// `flag` becomes `flag=`; empty pieces (`a=1&&b=2`) are dropped.
+pub fn normalize_query(raw: &str) -> Result<String, PrepareError> {
+    if raw.is_empty() {
+        return Ok(String::new());
+    }
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut scratch = Vec::new();
+    for piece in raw.split('&').filter(|piece| !piece.is_empty()) {
+        let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+        let name = reencode(name, &mut scratch)?;
+        let value = reencode(value, &mut scratch)?;
+        pairs.push((name, value));
+    }
+    pairs.sort_unstable();
+    let mut canonical = String::with_capacity(raw.len() + raw.len() / 2);
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            canonical.push('&');
+        }
+        canonical.push_str(name);
+        canonical.push('=');
+        canonical.push_str(value);
+    }
+    Ok(canonical)
+}
+
+/// Percent-decodes `text` strictly into `scratch`, then encodes it with the unreserved set.
+fn reencode(text: &str, scratch: &mut Vec<u8>) -> Result<String, PrepareError> {
+    scratch.clear();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hi = bytes.get(i + 1).and_then(|b| hex_value(*b));
+                let lo = bytes.get(i + 2).and_then(|b| hex_value(*b));
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => scratch.push(hi << 4 | lo),
+                    _ => return Err(PrepareError::BadPercentEncoding),
+                }
+                i += 3;
+            }
+            byte => {
+                scratch.push(byte);
+                i += 1;
+            }
+        }
+    }
+    Ok(percent_encoding::percent_encode(scratch, SIGV4_UNRESERVED).to_string())
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The client's `x-amz-request-id` when it sent a usable one, else a fresh UUIDv4.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(&X_AMZ_REQUEST_ID)
+        .filter(|value| {
+            let bytes = value.as_bytes();
+            !bytes.is_empty() && bytes.len() <= 200 && bytes.iter().all(|b| b.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(new_request_id)
+}
+
+/// A fresh UUIDv4 as a header value.
+pub fn new_request_id() -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    // A hyphenated UUID is always a valid header value.
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid-uuid"))
+}
+
+/// The headers sent upstream: the client's, minus what it must not control, plus `Host`,
+/// `x-amz-request-id` and a `Content-Length` that matches the buffered body.
+pub fn forward_headers(
+    mut headers: HeaderMap,
+    host: &HeaderValue,
+    request_id: &HeaderValue,
+    body_len: usize,
+) -> HeaderMap {
+    let had_content_length = headers.contains_key(header::CONTENT_LENGTH);
+    // `Connection: foo, bar` makes foo and bar hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(DROPPED_HEADERS.iter()) {
+        headers.remove(name);
+    }
+    headers.insert(header::HOST, host.clone());
+    headers.insert(X_AMZ_REQUEST_ID.clone(), request_id.clone());
+    if body_len > 0 || had_content_length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+    }
+    headers
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes: it is hashed for the
+/// signature and replayed on retries.
+pub async fn read_body<B>(
+    body: B,
+    headers: &HeaderMap,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Bytes, PrepareError>
+where
+    B: Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(PrepareError::BodyTooLarge { limit });
+    }
+    if declared == Some(0) || body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    let collected = tokio::time::timeout(timeout, Limited::new(body, cap).collect())
+        .await
+        .map_err(|_| PrepareError::BodyTimeout)?;
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(PrepareError::BodyTooLarge { limit }),
+        Err(e) => Err(PrepareError::BodyRead(e.to_string())),
+    }
+}
+
+/// The upstream URI: the region's origin, the client's path as sent, the canonical query.
+pub fn upstream_uri(origin: &str, path: &str, canonical_query: &str) -> Result<Uri, PrepareError> {
+    let mut uri = String::with_capacity(origin.len() + path.len() + canonical_query.len() + 1);
+    uri.push_str(origin);
+    uri.push_str(path);
+    if !canonical_query.is_empty() {
+        uri.push('?');
+        uri.push_str(canonical_query);
+    }
+    Uri::try_from(uri).map_err(|_| PrepareError::NotAPath)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// An LWA token as Amazon issues them: `Atza|` prefix, base64 body with `+`, `/`, `=`.
+    const TOKEN: &str = "Atza|IwEBIA+x/yz==";
+    /// The same token in its canonical (SigV4-encoded) form, worked out by hand.
+    const TOKEN_CANONICAL: &str = "Atza%7CIwEBIA%2Bx%2Fyz%3D%3D";
+
+    #[test]
+    fn every_spelling_of_an_lwa_token_gives_the_same_canonical_query() {
+        let expected = format!("customerIdentifier={TOKEN_CANONICAL}");
+        for spelling in [
+            format!("customerIdentifier={TOKEN}"),
+            "customerIdentifier=Atza%7CIwEBIA%2Bx%2Fyz%3D%3D".to_owned(),
+            "customerIdentifier=Atza%7cIwEBIA%2bx%2fyz%3d%3d".to_owned(),
+            "customerIdentifier=Atza|IwEBIA%2Bx/yz%3D=".to_owned(),
+            "customer%49dentifier=Atza|IwEBIA+x/yz==".to_owned(),
+        ] {
+            assert_eq!(normalize_query(&spelling).unwrap(), expected, "{spelling}");
+        }
+    }
+
+    #[test]
+    fn plus_is_literal_and_space_must_be_percent_20() {
+        assert_eq!(normalize_query("q=a+b").unwrap(), "q=a%2Bb");
+        assert_eq!(normalize_query("q=a%20b").unwrap(), "q=a%20b");
+    }
+
+    #[test]
+    fn pairs_are_ordered_by_encoded_name_then_value() {
+        assert_eq!(
+            normalize_query("b=2&a=2&a=1&B=0&%E1%88%B4=x&_=y").unwrap(),
+            // Byte order of the encoded names: % < B < _ < a < b.
+            "%E1%88%B4=x&B=0&_=y&a=1&a=2&b=2"
+        );
+    }
+
+    #[test]
+    fn raw_utf8_is_encoded_like_its_percent_encoded_form() {
+        assert_eq!(normalize_query("name=Zoë").unwrap(), "name=Zo%C3%AB");
+        assert_eq!(normalize_query("name=Zo%c3%ab").unwrap(), "name=Zo%C3%AB");
+    }
+
+    #[test]
+    fn names_without_equals_get_an_empty_value_and_empty_pieces_vanish() {
+        assert_eq!(normalize_query("flag").unwrap(), "flag=");
+        assert_eq!(normalize_query("b=1&&flag&").unwrap(), "b=1&flag=");
+        assert_eq!(normalize_query("").unwrap(), "");
+    }
+
+    #[test]
+    fn stray_percent_signs_are_refused() {
+        for bad in ["a=%", "a=%2", "a=%zz", "%g1=x", "a=100%"] {
+            assert!(
+                matches!(normalize_query(bad), Err(PrepareError::BadPercentEncoding)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn unreserved_characters_stay_and_everything_else_is_encoded_uppercase() {
+        assert_eq!(normalize_query("k=AZaz09-_.~").unwrap(), "k=AZaz09-_.~");
+        assert_eq!(normalize_query("k=%7e!*'()").unwrap(), "k=~%21%2A%27%28%29");
+    }
+
+    #[test]
+    fn dot_segments_are_refused_in_every_spelling() {
+        let uri = |p: &str| p.parse::<Uri>().unwrap();
+        for bad in [
+            "/a/./b",
+            "/a/../b",
+            "/..",
+            "/a/%2e%2E/b",
+            "/a/.%2e",
+            "/%2E/x",
+            "/a/.",
+        ] {
+            assert!(
+                matches!(
+                    check_target(&Method::GET, &uri(bad), Version::HTTP_11),
+                    Err(PrepareError::DotSegment)
+                ),
+                "{bad}"
+            );
+        }
+        for good in [
+            "/",
+            "/a/b",
+            "/a/...",
+            "/a/.b",
+            "/a/b.",
+            "/a/%2e%2e%2e",
+            "//x",
+        ] {
+            assert!(
+                check_target(&Method::GET, &uri(good), Version::HTTP_11).is_ok(),
+                "{good}"
+            );
+        }
+    }
+
+    #[test]
+    fn connect_and_absolute_form_targets_are_refused() {
+        let absolute: Uri = "http://evil.example/steal".parse().unwrap();
+        assert!(matches!(
+            check_target(&Method::GET, &absolute, Version::HTTP_11),
+            Err(PrepareError::AbsoluteForm)
+        ));
+        // HTTP/2 always has a scheme and authority: that is not absolute-form.
+        assert!(check_target(&Method::GET, &absolute, Version::HTTP_2).is_ok());
+        let authority: Uri = "evil.example:443".parse().unwrap();
+        assert!(matches!(
+            check_target(&Method::CONNECT, &authority, Version::HTTP_11),
+            Err(PrepareError::Connect)
+        ));
+        let asterisk: Uri = "*".parse().unwrap();
+        assert!(matches!(
+            check_target(&Method::OPTIONS, &asterisk, Version::HTTP_11),
+            Err(PrepareError::NotAPath)
+        ));
+    }
+
+    #[test]
+    fn client_headers_that_must_not_pass_are_dropped() {
+        let mut client = HeaderMap::new();
+        for (name, value) in [
+            ("host", "evil.example"),
+            ("connection", "keep-alive, x-drop-me"),
+            ("x-drop-me", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic eA=="),
+            ("authorization", "AWS4-HMAC-SHA256 fake"),
+            ("x-amz-date", "20200101T000000Z"),
+            ("x-amz-security-token", "stolen"),
+            ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+            ("content-length", "3"),
+            ("x-amz-marketplace", "US"),
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+        ] {
+            client.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let host = HeaderValue::from_static("prime-apis.amazon.com");
+        let id = HeaderValue::from_static("id-1");
+        let out = forward_headers(client, &host, &id, 3);
+        let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "content-length",
+                "content-type",
+                "host",
+                "x-amz-marketplace",
+                "x-amz-request-id"
+            ]
+        );
+        assert_eq!(out[header::HOST], "prime-apis.amazon.com");
+        assert_eq!(out[header::CONTENT_LENGTH], "3");
+    }
+
+    #[test]
+    fn a_client_request_id_is_kept_and_a_missing_one_is_a_fresh_uuid_v4() {
+        let mut headers = HeaderMap::new();
+        let fresh = request_id(&headers);
+        let parsed = uuid::Uuid::parse_str(fresh.to_str().unwrap()).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_ne!(request_id(&headers), fresh);
+        headers.insert(
+            X_AMZ_REQUEST_ID.clone(),
+            HeaderValue::from_static("client-chosen-42"),
+        );
+        assert_eq!(request_id(&headers), "client-chosen-42");
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused_before_or_while_reading() {
+        use http_body_util::Full;
+        let mut headers = HeaderMap::new();
+        let timeout = Duration::from_secs(5);
+        let body = Full::new(Bytes::from_static(b"0123456789"));
+        assert_eq!(
+            read_body(body.clone(), &headers, 10, timeout)
+                .await
+                .unwrap(),
+            "0123456789"
+        );
+        assert!(matches!(
+            read_body(body.clone(), &headers, 9, timeout).await,
+            Err(PrepareError::BodyTooLarge { limit: 9 })
+        ));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("1000"));
+        assert!(matches!(
+            read_body(body, &headers, 100, timeout).await,
+            Err(PrepareError::BodyTooLarge { limit: 100 })
+        ));
+    }
+}

@@ -1,0 +1,97 @@
+//! The one shared upstream client: hyper-util's pooled client over rustls, trusting the
+//! system roots plus `upstream.ca_file`, HTTP/1.1 unless `upstream.http2`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::UpstreamConfig;
+
+/// The pooled TLS client every upstream attempt goes through.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The upstream client could not be built (a bad `upstream.ca_file`, no roots at all).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("upstream.ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("no trusted root certificates: the system has none and upstream.ca_file is not set")]
+    NoRoots,
+}
+
+/// System roots plus the PEM certificates of `ca_file`.
+fn root_store(config: &UpstreamConfig) -> Result<RootCertStore, ClientError> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(%error, "some system root certificates could not be loaded");
+    }
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    let mut extra = 0;
+    if !config.ca_file.is_empty() {
+        let ca_error = |reason: String| ClientError::CaFile {
+            path: config.ca_file.clone(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(&config.ca_file)
+            .map_err(|e| ca_error(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ca_error(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_error("contains no PEM certificate".to_owned()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+            extra += 1;
+        }
+    }
+    if roots.is_empty() {
+        return Err(ClientError::NoRoots);
+    }
+    tracing::debug!(system = added, extra, "upstream trust roots loaded");
+    Ok(roots)
+}
+
+/// Builds the client. TLS verification is always on: there is no switch to turn it off.
+pub fn build(config: &UpstreamConfig) -> Result<UpstreamClient, ClientError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| ClientError::NoRoots)?
+        .with_root_certificates(root_store(config)?)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout()));
+    http.set_keepalive(Some(std::time::Duration::from_secs(30)));
+    let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
+    let builder = if config.allow_plain_http {
+        builder.https_or_http()
+    } else {
+        builder.https_only()
+    };
+    let connector = if config.http2 {
+        builder.enable_http1().enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
+    let mut client = Client::builder(TokioExecutor::new());
+    client
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(config.pool_idle_timeout())
+        .pool_max_idle_per_host(config.pool_max_idle_per_host)
+        .http2_only(false);
+    if config.http2 {
+        client.timer(TokioTimer::new());
+    }
+    Ok(client.build(connector))
+}
