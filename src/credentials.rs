@@ -108,13 +108,13 @@ impl CredentialStore {
         self.valid(SystemTime::now()).ok_or(CredentialsError)
     }
 
-    /// Seconds until the held credentials expire: 0 with none or expired ones, +Inf for
+    /// Seconds until the held credentials expire: 0 with none or expired ones, `f64::MAX` for
     /// credentials without an expiry.
     pub fn seconds_to_expiry(&self, now: SystemTime) -> f64 {
         match self.valid(now) {
             None => 0.0,
             Some(held) => match held.expiry {
-                None => f64::INFINITY,
+                None => f64::MAX,
                 Some(expiry) => expiry
                     .duration_since(now)
                     .map(|left| left.as_secs_f64())

@@ -122,7 +122,7 @@ impl Metrics {
         );
         registry.register(
             "credentials_expiry_seconds",
-            "Seconds until the held AWS credentials expire (0: none held, +Inf: no expiry)",
+            "Seconds until the held AWS credentials expire (0: none held; 1.8e308: no expiry)",
             metrics.credentials_expiry.clone(),
         );
         registry.register(
