@@ -5,7 +5,6 @@
 //! endpoints checked, marketplaces unique. A refusal names the key that caused it.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -343,9 +342,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let env = env
-            .split("__")
-            .filter(|key| !NON_CONFIG_ENV.contains(&key.as_str()));
+        let env = env.ignore(NON_CONFIG_ENV).split("__");
         figment = figment.merge(env);
         let config: Config = figment.extract().map_err(describe_figment_error)?;
         config.validate()?;
@@ -657,11 +654,12 @@ fn describe_one(error: figment::Error) -> String {
         })
         .unwrap_or_default();
     match &error.kind {
+        // figment's path already ends with the unknown field.
         figment::error::Kind::UnknownField(field, _) => {
             let full = if key.is_empty() {
-                field.clone()
+                field.as_str()
             } else {
-                format!("{key}.{field}")
+                key.as_str()
             };
             format!("unknown configuration key `{full}`{origin}")
         }
@@ -670,8 +668,192 @@ fn describe_one(error: figment::Error) -> String {
     }
 }
 
-impl fmt::Display for RegionConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.endpoint, self.signing_region)
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../config/example.toml");
+
+    #[test]
+    fn the_example_file_is_exactly_the_built_in_defaults() {
+        // deny_unknown_fields refuses a key the example has and the code lost; equality
+        // catches a default that changed on one side only.
+        assert_eq!(Config::from_toml(EXAMPLE).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_example_file_documents_every_key() {
+        fn keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+            if let toml::Value::Table(table) = value {
+                for (key, value) in table {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    keys(value, &path, out);
+                    out.push(path);
+                }
+            }
+        }
+        let example: toml::Value = toml::from_str(EXAMPLE).unwrap();
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let (mut documented, mut known) = (Vec::new(), Vec::new());
+        keys(&example, "", &mut documented);
+        keys(&defaults, "", &mut known);
+        for key in known {
+            assert!(
+                documented.contains(&key),
+                "config/example.toml does not document `{key}`"
+            );
+        }
+    }
+
+    #[test]
+    fn a_region_table_with_only_an_endpoint_keeps_the_built_in_rest() {
+        let config =
+            Config::from_toml("[regions.eu]\nendpoint = \"https://eu.example\"\n").unwrap();
+        let eu = &config.regions["eu"];
+        assert_eq!(eu.endpoint, "https://eu.example");
+        assert_eq!(eu.signing_region, "eu-west-1");
+        assert_eq!(eu.marketplaces.len(), 11);
+        assert_eq!(config.regions.len(), 3);
+    }
+
+    #[test]
+    fn regions_can_be_added() {
+        let config = Config::from_toml(
+            "[regions.br]\nendpoint = \"https://prime-apis.amazon.com.br\"\nsigning_region = \"us-east-1\"\nmarketplaces = [\"BR\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.regions.len(), 4);
+    }
+
+    fn refused(toml: &str) -> String {
+        Config::from_toml(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        let cases = [
+            ("bogus = 1", "bogus"),
+            ("[retry]\nmax_attemps = 2", "retry.max_attemps"),
+            ("listen = \"not-an-address\"", "listen"),
+            ("admin_listen = \"127.0.0.1:99999\"", "admin_listen"),
+            (
+                "[regions.na]\nendpoint = \"http://prime-apis.amazon.com\"",
+                "regions.na.endpoint",
+            ),
+            (
+                "[regions.na]\nendpoint = \"ftp://x\"",
+                "regions.na.endpoint",
+            ),
+            (
+                "[regions.na]\nendpoint = \"https://x.example/path\"",
+                "regions.na.endpoint",
+            ),
+            (
+                "[regions.fe]\nmarketplaces = [\"JP\", \"us\"]",
+                "regions.fe.marketplaces",
+            ),
+            (
+                "[regions.xx]\nendpoint = \"https://x.example\"",
+                "regions.xx",
+            ),
+            ("[retry]\nmax_attempts = 0", "retry.max_attempts"),
+            (
+                "[retry]\nretry_on_status = [503, 403]",
+                "retry.retry_on_status",
+            ),
+            (
+                "[retry]\nbase_delay_ms = 10\nmax_delay_ms = 5",
+                "retry.max_delay_ms",
+            ),
+            (
+                "[upstream]\nattempt_timeout_ms = 0",
+                "upstream.attempt_timeout_ms",
+            ),
+            (
+                "[upstream]\nconnect_timeout_ms = \"fast\"",
+                "upstream.connect_timeout_ms",
+            ),
+            ("[tls]\ncert_file = \"/x.pem\"", "tls.key_file"),
+            (
+                "[rate_limit]\nrequests_per_second = -1",
+                "rate_limit.requests_per_second",
+            ),
+            (
+                "[[rate_limit.routes]]\npath_prefix = \"v1\"\nrequests_per_second = 1",
+                "rate_limit.routes[0].path_prefix",
+            ),
+            (
+                "[credentials]\nrole_arn = \"prime-client\"",
+                "credentials.role_arn",
+            ),
+            ("[signing]\nservice = \"\"", "signing.service"),
+            ("max_body_bytes = 0", "max_body_bytes"),
+        ];
+        for (toml, key) in cases {
+            let message = refused(toml);
+            assert!(
+                message.contains(key),
+                "{toml:?} → {message:?} does not name `{key}`"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_http_endpoints_need_the_explicit_switch() {
+        let toml = "[regions.na]\nendpoint = \"http://127.0.0.1:9000\"\n";
+        assert!(Config::from_toml(toml).is_err());
+        let allowed = format!("[upstream]\nallow_plain_http = true\n{toml}");
+        assert!(Config::from_toml(&allowed).is_ok());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn environment_overrides_the_file_and_lists_use_toml_syntax() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "proxy.toml",
+                "listen = \"127.0.0.1:7000\"\n[retry]\nmax_attempts = 2\n",
+            )?;
+            jail.set_env("PRIME_PROXY_LISTEN", "0.0.0.0:8081");
+            jail.set_env("PRIME_PROXY_RETRY__BASE_DELAY_MS", "7");
+            jail.set_env("PRIME_PROXY_REGIONS__NA__MARKETPLACES", "[\"US\",\"CA\"]");
+            jail.set_env("PRIME_PROXY_LOG_FORMAT", "text");
+            let config = Config::load(Some(Path::new("proxy.toml"))).unwrap();
+            assert_eq!(config.listen.to_string(), "0.0.0.0:8081");
+            assert_eq!(config.retry.max_attempts, 2);
+            assert_eq!(config.retry.base_delay_ms, 7);
+            assert_eq!(config.regions["na"].marketplaces, ["US", "CA"]);
+            assert_eq!(config.regions["na"].signing_region, "us-east-1");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error_not_an_empty_file() {
+        let error = Config::load_from(
+            Some(Path::new("/nonexistent/proxy.toml")),
+            Env::raw().only(&[]),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/proxy.toml"));
+    }
+
+    #[test]
+    fn printing_redacts_the_external_id_and_round_trips() {
+        let config = Config::from_toml(
+            "[credentials]\nrole_arn = \"arn:aws:iam::1:role/r\"\nexternal_id = \"very-secret-id\"\n",
+        )
+        .unwrap();
+        let printed = config.to_redacted_toml().unwrap();
+        assert!(!printed.contains("very-secret-id"));
+        assert!(printed.contains("external_id = \"<redacted>\""));
+        let mut reparsed = Config::from_toml(&printed).unwrap();
+        reparsed.credentials.external_id = "very-secret-id".into();
+        assert_eq!(reparsed, config);
     }
 }

@@ -1,37 +1,55 @@
 //! Log output: `tracing` as JSON lines by default, human text with
-//! `PRIME_PROXY_LOG_FORMAT=text`, level from `RUST_LOG` (default `info`).
+//! `PRIME_PROXY_LOG_FORMAT=text`, level from `RUST_LOG` (default `info`), with caps on
+//! libraries that would otherwise log secrets at their most verbose levels.
 
-use tracing_subscriber::EnvFilter;
+use tracing::level_filters::LevelFilter;
+use tracing::Metadata;
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+/// Most verbose level allowed per target prefix, whatever `RUST_LOG` asks for. Below these
+/// levels the libraries log canonical requests (with the LWA token in the query), STS
+/// request bodies (with the external id) or HTTP/2 frames with header values.
+const CAPS: &[(&str, LevelFilter)] = &[
+    ("aws_sigv4", LevelFilter::INFO),
+    ("aws_smithy", LevelFilter::DEBUG),
+    ("aws_config", LevelFilter::DEBUG),
+    ("aws_sdk_sts", LevelFilter::DEBUG),
+    ("h2", LevelFilter::DEBUG),
+    ("rustls", LevelFilter::DEBUG),
+];
+
+/// True when `metadata` is within its target's cap.
+pub fn allowed(metadata: &Metadata<'_>) -> bool {
+    let target = metadata.target();
+    CAPS.iter()
+        .find(|(prefix, _)| target.starts_with(prefix))
+        .is_none_or(|(_, cap)| metadata.level() <= cap)
+}
 
 /// Installs the global subscriber. Returns a message when `PRIME_PROXY_LOG_FORMAT` is unknown.
 pub fn init() -> Option<String> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let levels = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let format = std::env::var("PRIME_PROXY_LOG_FORMAT").unwrap_or_default();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    match format.to_ascii_lowercase().as_str() {
-        "text" => {
-            builder.init();
-            None
-        }
-        "" | "json" => {
-            builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .init();
-            None
-        }
-        other => {
-            builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .init();
-            Some(format!(
-                "PRIME_PROXY_LOG_FORMAT={other:?} is not `json` or `text`; logging JSON"
-            ))
-        }
+    let format = format.to_ascii_lowercase();
+    let base = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    let layer = if format == "text" {
+        base.boxed()
+    } else {
+        base.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .boxed()
+    };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(levels).with_filter(filter_fn(allowed)))
+        .init();
+    match format.as_str() {
+        "" | "json" | "text" => None,
+        other => Some(format!(
+            "PRIME_PROXY_LOG_FORMAT={other:?} is not `json` or `text`; logging JSON"
+        )),
     }
 }

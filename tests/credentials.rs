@@ -1,0 +1,357 @@
+//! Credentials through the real binary and the real AWS chain: environment variables, a
+//! container-credentials endpoint that rotates keys every few seconds (EKS Pod Identity /
+//! ECS), a fake STS for `credentials.role_arn`, and none at all.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+
+#[tokio::test]
+async fn credentials_from_the_environment_sign_requests() {
+    let pki = Pki::new();
+    let upstream = FakeUpstream::start(&pki).await;
+    upstream
+        .keys
+        .lock()
+        .unwrap()
+        .insert("AKIDFROMENV".into(), ("env/secret+key".into(), None));
+    let mut command = clean_command(pki.dir.path());
+    command
+        .env("AWS_ACCESS_KEY_ID", "AKIDFROMENV")
+        .env("AWS_SECRET_ACCESS_KEY", "env/secret+key")
+        .env("AWS_SESSION_TOKEN", "env-session-token");
+    let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, "")).await;
+    let reply = get(
+        &client(),
+        &proxy.url("/v1/benefits?customerIdentifier=Atza|x"),
+        &[("x-amz-marketplace", "MX")],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let received = upstream.requests().pop().unwrap();
+    let (key, region) = received.assert_signed();
+    assert_eq!(
+        (key.as_str(), region.as_str()),
+        ("AKIDFROMENV", "us-east-1")
+    );
+    assert_eq!(
+        received.header("x-amz-security-token"),
+        Some("env-session-token")
+    );
+    assert_eq!(proxy.terminate().await.code(), Some(0));
+}
+
+/// Container credentials that change every `PERIOD`, each set valid for `LIFETIME`.
+const PERIOD: Duration = Duration::from_secs(2);
+const LIFETIME: Duration = Duration::from_secs(3);
+
+#[tokio::test]
+async fn rotating_container_credentials_never_fail_a_request() {
+    let pki = Pki::new();
+    let keys: KeyRing = Arc::new(Mutex::new(HashMap::new()));
+    let upstream = FakeUpstream::start_with_keys(&pki, Arc::clone(&keys)).await;
+    let authorizations = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen_auth = Arc::clone(&authorizations);
+    let issued = Arc::clone(&keys);
+    let (endpoint, _task) = http_endpoint(move |_method, target, headers, _body| {
+        seen_auth.lock().unwrap().push(
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        if target != "/v1/credentials" {
+            return (404, String::new());
+        }
+        let now = SystemTime::now();
+        let epoch = now.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        let slot = epoch.as_secs() / PERIOD.as_secs();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(slot * PERIOD.as_secs());
+        let expiry = start + LIFETIME;
+        let id = format!("ASIAROTATING{slot}");
+        let secret = format!("secret/{slot}+rotating");
+        issued
+            .lock()
+            .unwrap()
+            .insert(id.clone(), (secret.clone(), Some(expiry)));
+        let body = serde_json::json!({
+            "AccessKeyId": id,
+            "SecretAccessKey": secret,
+            "Token": format!("token-{slot}"),
+            "Expiration": iso8601(expiry),
+            "AccountId": "123456789012",
+        });
+        (200, body.to_string())
+    })
+    .await;
+    let token_file = pki.write("pod-identity-token", "eks-pod-identity-token-value");
+    let mut command = clean_command(pki.dir.path());
+    command
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("http://127.0.0.1:{}/v1/credentials", endpoint.port()),
+        )
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file);
+    let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, "")).await;
+
+    let client = client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(9);
+    let mut sent = 0;
+    while std::time::Instant::now() < deadline {
+        let reply = get(
+            &client,
+            &proxy.url("/v1/benefits"),
+            &[("x-amz-marketplace", "AU")],
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "request {sent} failed: {:?}\nlogs:\n{}",
+            reply.body,
+            proxy.logs()
+        );
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let received = upstream.requests();
+    assert_eq!(received.len(), sent);
+    let mut used = std::collections::BTreeSet::new();
+    for request in &received {
+        let (key, region) = request.assert_signed();
+        assert_eq!(region, "us-west-2");
+        assert_eq!(
+            request
+                .header("x-amz-security-token")
+                .map(|t| t.trim_start_matches("token-")),
+            Some(key.trim_start_matches("ASIAROTATING"))
+        );
+        used.insert(key);
+    }
+    assert!(
+        used.len() >= 3,
+        "only {} keys used across rotations: {used:?}",
+        used.len()
+    );
+    assert!(authorizations
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|a| a == "eks-pod-identity-token-value"));
+    assert_eq!(proxy.terminate().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn role_arn_is_assumed_through_sts_on_a_private_endpoint() {
+    let pki = Pki::new();
+    let upstream = FakeUpstream::start(&pki).await;
+    upstream
+        .keys
+        .lock()
+        .unwrap()
+        .insert("ASIAASSUMED".into(), ("assumed/secret".into(), None));
+    let sts_calls = Arc::new(Mutex::new(Vec::<(String, String, String)>::new()));
+    let calls = Arc::clone(&sts_calls);
+    let (sts, _task) = http_endpoint(move |method, _target, headers, body| {
+        let body = String::from_utf8_lossy(body).into_owned();
+        let authorization = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        calls
+            .lock()
+            .unwrap()
+            .push((method.to_owned(), body.clone(), authorization));
+        let expiry = iso8601(SystemTime::now() + Duration::from_secs(3600));
+        let xml = format!(
+            r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleResult>
+    <AssumedRoleUser>
+      <AssumedRoleId>AROATEST:prime-session</AssumedRoleId>
+      <Arn>arn:aws:sts::123456789012:assumed-role/prime-client/prime-session</Arn>
+    </AssumedRoleUser>
+    <Credentials>
+      <AccessKeyId>ASIAASSUMED</AccessKeyId>
+      <SecretAccessKey>assumed/secret</SecretAccessKey>
+      <SessionToken>assumed-session-token</SessionToken>
+      <Expiration>{expiry}</Expiration>
+    </Credentials>
+  </AssumeRoleResult>
+  <ResponseMetadata><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ResponseMetadata>
+</AssumeRoleResponse>"#
+        );
+        (200, xml)
+    })
+    .await;
+    let mut command = clean_command(pki.dir.path());
+    command
+        .env("AWS_ACCESS_KEY_ID", "AKIDBASEIDENTITY")
+        .env("AWS_SECRET_ACCESS_KEY", "base-secret")
+        .env("AWS_REGION", "eu-central-1")
+        .env(
+            "AWS_ENDPOINT_URL_STS",
+            format!("http://127.0.0.1:{}", sts.port()),
+        );
+    let extra = "[credentials]\nrole_arn = \"arn:aws:iam::123456789012:role/prime-client\"\nsession_name = \"prime-session\"\nexternal_id = \"shared-external-id-value\"\n";
+    let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, extra)).await;
+    let reply = get(
+        &client(),
+        &proxy.url("/v1/link"),
+        &[("x-amz-marketplace", "NL")],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}\n{}", reply.body, proxy.logs());
+    let received = upstream.requests().pop().unwrap();
+    let (key, region) = received.assert_signed();
+    assert_eq!(
+        (key.as_str(), region.as_str()),
+        ("ASIAASSUMED", "eu-west-1")
+    );
+    assert_eq!(
+        received.header("x-amz-security-token"),
+        Some("assumed-session-token")
+    );
+
+    let calls = sts_calls.lock().unwrap().clone();
+    assert!(!calls.is_empty());
+    let (method, body, authorization) = &calls[0];
+    assert_eq!(method, "POST");
+    assert!(body.contains("Action=AssumeRole"), "{body}");
+    assert!(
+        body.contains("RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fprime-client"),
+        "{body}"
+    );
+    assert!(body.contains("RoleSessionName=prime-session"), "{body}");
+    assert!(
+        body.contains("ExternalId=shared-external-id-value"),
+        "{body}"
+    );
+    // STS is called as the base identity, in the chain's region.
+    assert!(
+        authorization.contains("Credential=AKIDBASEIDENTITY/"),
+        "{authorization}"
+    );
+    assert!(
+        authorization.contains("/eu-central-1/sts/aws4_request"),
+        "{authorization}"
+    );
+    assert!(!proxy.logs().contains("shared-external-id-value"));
+    assert_eq!(proxy.terminate().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn without_credentials_the_proxy_starts_but_is_not_ready() {
+    let pki = Pki::new();
+    let upstream = FakeUpstream::start(&pki).await;
+    let proxy = ProxyProcess::start(
+        clean_command(pki.dir.path()),
+        &config_file(&pki, &upstream, ""),
+    )
+    .await;
+    let client = client();
+    let reply = get(
+        &client,
+        &proxy.url("/v1/benefits"),
+        &[("x-amz-marketplace", "US")],
+    )
+    .await;
+    reply.assert_error(503, "credentials_unavailable");
+    let ready = get(&client, &format!("http://{}/readyz", proxy.admin), &[]).await;
+    assert_eq!(ready.status, 503);
+    let health = get(&client, &format!("http://{}/healthz", proxy.admin), &[]).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(upstream.count(), 0);
+    assert!(
+        proxy.logs().contains("no AWS credentials"),
+        "{}",
+        proxy.logs()
+    );
+    assert_eq!(proxy.terminate().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn logs_never_contain_tokens_secrets_or_bodies() {
+    let pki = Pki::new();
+    let upstream = FakeUpstream::start(&pki).await;
+    upstream
+        .keys
+        .lock()
+        .unwrap()
+        .insert("AKIDLOGTEST".into(), ("log-test-secret-value".into(), None));
+    let mut command = clean_command(pki.dir.path());
+    command
+        .env("AWS_ACCESS_KEY_ID", "AKIDLOGTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "log-test-secret-value")
+        .env("AWS_SESSION_TOKEN", "log-test-session-token")
+        .env("RUST_LOG", "trace");
+    let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, "")).await;
+    let client = client();
+    let token = "Atza|LOGTOKENSECRET+abc/def==";
+    let body = "{\"secretBodyField\":\"body-value-never-logged\"}";
+    for marketplace in ["US", "XX", ""] {
+        let request = http::Request::post(proxy.url(&format!(
+            "/v1/benefits?customerIdentifier={}",
+            token.replace('|', "%7C").replace('+', "%2B")
+        )))
+        .header("x-amz-marketplace", marketplace)
+        .header("authorization", "Bearer client-authorization-value")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+        send(&client, request).await;
+    }
+    upstream.push([
+        Action::status(503),
+        Action::status(503),
+        Action::status(503),
+    ]);
+    let request =
+        http::Request::get(proxy.url("/v1/benefits?customerIdentifier=Atza%7CLOGTOKENSECRET"))
+            .header("x-amz-marketplace", "US")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+    assert_eq!(send(&client, request).await.status, 503);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = proxy.logs();
+    assert!(
+        logs.contains("\"message\":\"request\""),
+        "per-request lines are logged: {logs}"
+    );
+    for secret in [
+        "LOGTOKENSECRET",
+        "log-test-secret-value",
+        "log-test-session-token",
+        "client-authorization-value",
+        "body-value-never-logged",
+        "Signature=",
+    ] {
+        assert!(!logs.contains(secret), "{secret} leaked into the logs");
+    }
+    // The per-request line has the SPEC's fields.
+    let line = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "request" && l["status"] == 200)
+        .unwrap();
+    for field in [
+        "method",
+        "path",
+        "marketplace",
+        "region",
+        "status",
+        "attempts",
+        "duration_ms",
+        "request_id",
+    ] {
+        assert!(!line[field].is_null(), "{field} missing from {line}");
+    }
+    assert_eq!(line["region"], "na");
+    assert_eq!(line["path"], "/v1/benefits");
+    assert_eq!(proxy.terminate().await.code(), Some(0));
+}
