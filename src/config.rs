@@ -74,6 +74,9 @@ pub struct ListenerConfig {
     pub header_read_timeout_ms: u64,
     /// A client must send its complete request body within this time.
     pub body_read_timeout_ms: u64,
+    /// A keep-alive connection with no request in flight and no bytes moving for this long
+    /// is closed.
+    pub idle_timeout_ms: u64,
     /// Upper bound on the bytes of one request head.
     pub max_header_bytes: usize,
     /// Upper bound on the number of headers of one request.
@@ -238,6 +241,7 @@ impl Default for ListenerConfig {
         Self {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 120_000,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_connections: 4096,
@@ -521,6 +525,7 @@ impl ListenerConfig {
             self.header_read_timeout_ms,
         )?;
         positive("listener.body_read_timeout_ms", self.body_read_timeout_ms)?;
+        positive("listener.idle_timeout_ms", self.idle_timeout_ms)?;
         if self.max_header_bytes < 8192 {
             return Err(invalid(
                 "listener.max_header_bytes",

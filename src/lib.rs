@@ -151,6 +151,7 @@ pub async fn run_with(
         builder: listener::http_builder(&config.listener),
         max_connections: config.listener.max_connections,
         handshake_timeout,
+        idle_timeout: std::time::Duration::from_millis(config.listener.idle_timeout_ms),
         grace,
     };
     let proxy_server = tokio::spawn(listener::serve(
@@ -176,6 +177,7 @@ pub async fn run_with(
         builder: listener::http_builder(&config.listener),
         max_connections: 64,
         handshake_timeout,
+        idle_timeout: std::time::Duration::from_millis(config.listener.idle_timeout_ms),
         grace: std::time::Duration::from_secs(1),
     };
     let admin_server = tokio::spawn(listener::serve(
