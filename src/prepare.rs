@@ -63,6 +63,8 @@ pub enum PrepareError {
     DotSegment,
     #[error("the query string has a '%' that is not followed by two hex digits")]
     BadPercentEncoding,
+    #[error("the query string decodes to bytes that are not UTF-8")]
+    NotUtf8,
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("the request body could not be read: {0}")]
@@ -111,8 +113,9 @@ fn is_dot_segment(segment: &str) -> bool {
 }
 
 /// The canonical query string: each name and value percent-decoded once (`+` stays a plus),
-/// re-encoded with the SigV4 unreserved set, pairs ordered by encoded name then value.
-/// `flag` becomes `flag=`; empty pieces (`a=1&&b=2`) are dropped.
+/// re-encoded as UTF-8 with the SigV4 unreserved set, pairs ordered by encoded name then
+/// value. `flag` becomes `flag=`; empty pieces (`a=1&&b=2`) are dropped. A stray `%` or
+/// decoded bytes that are not UTF-8 are refused.
 pub fn normalize_query(raw: &str) -> Result<String, PrepareError> {
     if raw.is_empty() {
         return Ok(String::new());
@@ -160,7 +163,10 @@ fn reencode(text: &str, scratch: &mut Vec<u8>) -> Result<String, PrepareError> {
             }
         }
     }
-    Ok(percent_encoding::percent_encode(scratch, SIGV4_UNRESERVED).to_string())
+    // SigV4 signers (aws-sigv4 among them) decode the query as UTF-8 text: bytes that are
+    // not UTF-8 would be signed as U+FFFD and sent as themselves, a signature Prime rejects.
+    let text = std::str::from_utf8(scratch).map_err(|_| PrepareError::NotUtf8)?;
+    Ok(percent_encoding::utf8_percent_encode(text, SIGV4_UNRESERVED).to_string())
 }
 
 fn hex_value(byte: u8) -> Option<u8> {
@@ -325,6 +331,19 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn decoded_bytes_must_be_utf8() {
+        assert!(matches!(
+            normalize_query("a=%AA"),
+            Err(PrepareError::NotUtf8)
+        ));
+        assert!(matches!(
+            normalize_query("%C3=x"),
+            Err(PrepareError::NotUtf8)
+        ));
+        assert_eq!(normalize_query("a=%C3%A9").unwrap(), "a=%C3%A9");
     }
 
     #[test]
