@@ -529,3 +529,61 @@ async fn shutdown_finishes_in_flight_requests() {
         "listener closed after shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_plain_http_endpoint_works_only_when_explicitly_allowed() {
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::<(String, Vec<(String, String)>)>::new()));
+    let sink = Arc::clone(&seen);
+    let (addr, _task) = http_endpoint(move |_method, target, headers, _body| {
+        let headers = headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    v.to_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        sink.lock().unwrap().push((target.to_owned(), headers));
+        (200, "{}".into())
+    })
+    .await;
+    let endpoint = format!("http://127.0.0.1:{}", addr.port());
+    let toml =
+        format!("[upstream]\nallow_plain_http = true\n[regions.na]\nendpoint = {endpoint:?}\n");
+    let config = prime_sigv4_proxy::config::Config::from_toml(&toml).unwrap();
+    let proxy = start_proxy(config).await;
+    let reply = get(
+        &client(),
+        &proxy.url("/v1/plain?customerIdentifier=Atza|t%2B"),
+        &[("x-amz-marketplace", "ca")],
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let (target, headers) = seen.lock().unwrap().pop().unwrap();
+    assert_eq!(target, "/v1/plain?customerIdentifier=Atza%7Ct%2B");
+    let (path, query) = target.split_once('?').unwrap();
+    let request = sigv4_verifier::ReceivedRequest {
+        method: "GET",
+        path,
+        query,
+        headers: &headers,
+        body: b"",
+    };
+    let verified = sigv4_verifier::verify(
+        &request,
+        |id| (id == ACCESS_KEY).then(|| SECRET_KEY.to_owned()),
+        &VerifyOptions::new(std::time::SystemTime::now()),
+    )
+    .unwrap();
+    assert_eq!(verified.region, "us-east-1");
+    assert!(headers
+        .iter()
+        .any(|(n, v)| n == "host" && *v == format!("127.0.0.1:{}", addr.port())));
+    proxy.stop().await;
+    assert!(prime_sigv4_proxy::config::Config::from_toml(
+        &toml.replace("allow_plain_http = true", "")
+    )
+    .is_err());
+}
