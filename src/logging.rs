@@ -29,12 +29,28 @@ pub fn allowed(metadata: &Metadata<'_>) -> bool {
         .is_none_or(|(_, cap)| metadata.level() <= cap)
 }
 
-/// Installs the global subscriber. Returns a message when `PRIME_PROXY_LOG_FORMAT` is unknown.
-pub fn init() -> Option<String> {
+/// Keeps the log writer thread alive; dropping it flushes what is buffered.
+pub struct LogGuard {
+    _worker: tracing_appender::non_blocking::WorkerGuard,
+    /// Set when `PRIME_PROXY_LOG_FORMAT` was not understood.
+    pub warning: Option<String>,
+}
+
+/// Installs the global subscriber.
+///
+/// Lines are written to stdout by a dedicated thread, so a slow log pipe never blocks a
+/// request task. The buffer is not lossy: under a flood the request path waits rather than
+/// dropping request lines.
+pub fn init() -> LogGuard {
     let levels = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let format = std::env::var("PRIME_PROXY_LOG_FORMAT").unwrap_or_default();
     let format = format.to_ascii_lowercase();
-    let base = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("log-writer")
+        .finish(std::io::stdout());
+    let base = tracing_subscriber::fmt::layer().with_writer(writer);
     let layer = if format == "text" {
         base.boxed()
     } else {
@@ -46,10 +62,14 @@ pub fn init() -> Option<String> {
     tracing_subscriber::registry()
         .with(layer.with_filter(levels).with_filter(filter_fn(allowed)))
         .init();
-    match format.as_str() {
+    let warning = match format.as_str() {
         "" | "json" | "text" => None,
         other => Some(format!(
             "PRIME_PROXY_LOG_FORMAT={other:?} is not `json` or `text`; logging JSON"
         )),
+    };
+    LogGuard {
+        _worker: worker,
+        warning,
     }
 }

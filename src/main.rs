@@ -47,7 +47,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(warning) = prime_sigv4_proxy::logging::init() {
+    let logs = prime_sigv4_proxy::logging::init();
+    if let Some(warning) = &logs.warning {
         tracing::warn!("{warning}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -60,7 +61,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START);
         }
     };
-    runtime.block_on(serve(config))
+    let status = runtime.block_on(serve(config));
+    drop(runtime);
+    drop(logs); // flushes the last lines
+    status
 }
 
 async fn serve(config: Config) -> ExitCode {
