@@ -10,7 +10,7 @@ use aws_credential_types::Credentials;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, Method};
 use prime_sigv4_proxy::prepare;
-use prime_sigv4_proxy::sign::{identity, sign_request, SigningScope};
+use prime_sigv4_proxy::sign::{sign_request, SigningIdentity, SigningScope};
 
 /// A realistic LWA access token: `Atza|` and ~390 base64 characters with `+`, `/`, `=`.
 fn lwa_token() -> String {
@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
         None,
         "bench",
     );
-    let identity = identity(&credentials);
+    let identity = SigningIdentity::new(&credentials).unwrap_or_else(|e| panic!("{e}"));
     let host = HeaderValue::from_static("prime-apis.amazon.com");
     let mut client_headers = HeaderMap::new();
     client_headers.insert("x-amz-marketplace", HeaderValue::from_static("US"));

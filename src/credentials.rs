@@ -13,13 +13,12 @@ use aws_config::sts::AssumeRoleProvider;
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
-use aws_smithy_runtime_api::client::identity::Identity;
 use aws_types::region::Region;
 use tokio::sync::watch;
 
 use crate::config::CredentialsConfig;
 use crate::error::error_chain;
-use crate::sign;
+use crate::sign::{SignError, SigningIdentity};
 
 /// Refresh this long before expiry when credentials live long enough (the SDKs use 5 min).
 const REFRESH_AHEAD: Duration = Duration::from_secs(300);
@@ -43,16 +42,16 @@ pub struct CredentialsError;
 /// One set of credentials, converted once for the signer.
 #[derive(Debug)]
 pub struct HeldCredentials {
-    pub identity: Identity,
+    pub identity: SigningIdentity,
     pub expiry: Option<SystemTime>,
 }
 
 impl HeldCredentials {
-    fn new(credentials: &Credentials) -> Self {
-        Self {
-            identity: sign::identity(credentials),
+    fn new(credentials: &Credentials) -> Result<Self, SignError> {
+        Ok(Self {
+            identity: SigningIdentity::new(credentials)?,
             expiry: credentials.expiry(),
-        }
+        })
     }
 
     fn valid_at(&self, now: SystemTime) -> bool {
@@ -79,14 +78,19 @@ impl CredentialStore {
     /// A store holding fixed credentials (tests and benchmarks).
     pub fn with_credentials(credentials: &Credentials) -> Arc<Self> {
         let store = Self::new();
-        store.store(credentials);
+        if let Err(error) = store.store(credentials) {
+            tracing::error!(%error, "credentials not usable for signing");
+        }
         store.first_fetch_done.send_replace(true);
         store
     }
 
-    fn store(&self, credentials: &Credentials) {
-        self.current
-            .store(Some(Arc::new(HeldCredentials::new(credentials))));
+    /// Holds `credentials` from now on. Credentials the signer cannot use (a session token
+    /// that is not a valid header value) are refused and the previous ones kept.
+    fn store(&self, credentials: &Credentials) -> Result<(), SignError> {
+        let held = HeldCredentials::new(credentials)?;
+        self.current.store(Some(Arc::new(held)));
+        Ok(())
     }
 
     /// The held credentials if they are still valid at `now`.
@@ -170,12 +174,14 @@ impl ProvideCredentials for NoCredentials {
 pub async fn refresh_forever(provider: SharedCredentialsProvider, store: Arc<CredentialStore>) {
     let mut failures: u32 = 0;
     loop {
-        let fetched = tokio::time::timeout(FETCH_TIMEOUT, provider.provide_credentials()).await;
+        let fetched = fetch(&provider).await;
         let now = SystemTime::now();
-        let wait = match fetched {
-            Ok(Ok(credentials)) if credentials.expiry().is_none_or(|e| e > now) => {
+        let wait = match fetched.and_then(|credentials| {
+            store.store(&credentials).map_err(|e| e.to_string())?;
+            Ok(credentials)
+        }) {
+            Ok(credentials) => {
                 failures = 0;
-                store.store(&credentials);
                 let wait = next_refresh(now, credentials.expiry());
                 tracing::info!(
                     expires_in_s = credentials
@@ -188,19 +194,10 @@ pub async fn refresh_forever(provider: SharedCredentialsProvider, store: Arc<Cre
                 );
                 wait
             }
-            outcome => {
-                // Messages from the chain describe the source, never the secret.
-                let reason = match outcome {
-                    Ok(Ok(_)) => {
-                        "the chain returned credentials that have already expired".to_owned()
-                    }
-                    Ok(Err(e)) => error_chain(&e),
-                    Err(_) => format!("no answer within {}s", FETCH_TIMEOUT.as_secs()),
-                };
+            Err(reason) => {
                 let wait = retry_delay(failures);
                 failures = failures.saturating_add(1);
-                let held = store.valid(now).is_some();
-                if held {
+                if store.valid(now).is_some() {
                     tracing::warn!(%reason, retry_in_s = wait.as_secs_f64(), "refreshing AWS credentials failed; still signing with the valid ones held");
                 } else {
                     tracing::error!(%reason, retry_in_s = wait.as_secs_f64(), "no AWS credentials: requests get 503 credentials_unavailable and /readyz is 503 until some are found");
@@ -210,6 +207,19 @@ pub async fn refresh_forever(provider: SharedCredentialsProvider, store: Arc<Cre
         };
         store.first_fetch_done.send_replace(true);
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// One fetch from the chain: unexpired credentials, or why there are none. The reasons come
+/// from the chain and describe the source, never the secret.
+async fn fetch(provider: &SharedCredentialsProvider) -> Result<Credentials, String> {
+    match tokio::time::timeout(FETCH_TIMEOUT, provider.provide_credentials()).await {
+        Ok(Ok(credentials)) if credentials.expiry().is_none_or(|e| e > SystemTime::now()) => {
+            Ok(credentials)
+        }
+        Ok(Ok(_)) => Err("the chain returned credentials that have already expired".to_owned()),
+        Ok(Err(e)) => Err(error_chain(&e)),
+        Err(_) => Err(format!("no answer within {}s", FETCH_TIMEOUT.as_secs())),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 use prime_sigv4_proxy::prepare;
-use prime_sigv4_proxy::sign::{identity, sign_request, SigningScope};
+use prime_sigv4_proxy::sign::{sign_request, SigningIdentity, SigningScope};
 use proptest::prelude::*;
 
 /// Percent-decodes (strictly) for the "nothing lost" property.
@@ -144,7 +144,7 @@ proptest! {
         let token = session.then(|| "session/token+value".to_owned());
         let credentials = Credentials::new("AKIDPROP", "prop/secret+key", token.clone(), None, "proptest");
         let now = SystemTime::now();
-        sign_request(&Method::POST, &uri, &mut headers, &body, &identity(&credentials),
+        sign_request(&Method::POST, &uri, &mut headers, &body, &SigningIdentity::new(&credentials).unwrap(),
             SigningScope { region: "us-east-1", service: "execute-api" }, now).unwrap();
 
         // The wire: exactly the URI and headers the proxy hands to the client.
@@ -174,5 +174,104 @@ proptest! {
             prop_assert!(verified.signed_headers.iter().any(|h| h == signed), "{} not signed", signed);
         }
         prop_assert!(!verified.signed_headers.iter().any(|h| h == "accept"));
+    }
+}
+
+/// aws-sigv4's full request signer, the reference: the same request, credentials and time
+/// must give the same `Authorization` (and the same added headers) as ours.
+fn reference_signature(
+    method: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    credentials: &Credentials,
+    region: &str,
+    time: SystemTime,
+) -> HeaderMap {
+    use aws_sigv4::http_request::{
+        sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+    };
+    let mut settings = SigningSettings::default();
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    let identity: aws_smithy_runtime_api::client::identity::Identity = credentials.clone().into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("execute-api")
+        .time(time)
+        .settings(settings)
+        .build()
+        .unwrap()
+        .into();
+    let signed = [
+        "host",
+        "x-amz-marketplace",
+        "x-amz-request-id",
+        "content-type",
+    ];
+    let signable_headers = headers
+        .iter()
+        .filter(|(n, _)| signed.contains(&n.as_str()))
+        .map(|(n, v)| (n.as_str(), v.to_str().unwrap()));
+    let uri_text = uri.to_string();
+    let request = SignableRequest::new(
+        method,
+        uri_text.as_str(),
+        signable_headers,
+        SignableBody::Bytes(body),
+    )
+    .unwrap();
+    let (instructions, _) = sign(request, &params).unwrap().into_parts();
+    let mut out = HeaderMap::new();
+    for (name, value) in instructions.headers() {
+        out.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn our_signature_is_the_one_aws_sigv4_computes(
+        segments in prop::collection::vec("([A-Za-z0-9._~-]|%[0-9A-F]{2}|[!$&'()*+,;=:@]){1,10}", 1..5),
+        double_slash in any::<bool>(),
+        query in valid_query_text(),
+        body in prop::collection::vec(any::<u8>(), 0..64),
+        content_type in prop::option::of(prop::sample::select(vec!["application/json", "text/plain;  charset=utf-8", " a  b "])),
+        region in prop::sample::select(vec!["us-east-1", "eu-west-1", "us-west-2"]),
+        session in any::<bool>(),
+        seconds in 1_500_000_000u64..4_000_000_000,
+    ) {
+        let path = format!("/{}{}", if double_slash { "/" } else { "" }, segments.join("/"));
+        let path_uri: Uri = match path.parse() {
+            Ok(uri) => uri,
+            Err(_) => return Ok(()),
+        };
+        if prepare::check_target(&Method::GET, &path_uri, Version::HTTP_11).is_err() {
+            return Ok(());
+        }
+        let canonical = prepare::normalize_query(&query).unwrap();
+        let uri = prepare::upstream_uri("https://prime-apis.amazon.com", &path, &canonical).unwrap();
+        let mut client_headers = HeaderMap::new();
+        client_headers.insert("x-amz-marketplace", HeaderValue::from_static("US"));
+        if let Some(content_type) = content_type {
+            client_headers.insert("content-type", HeaderValue::from_static(content_type));
+        }
+        let host = HeaderValue::from_static("prime-apis.amazon.com");
+        let mut headers = prepare::forward_headers(client_headers, &host, &prepare::new_request_id(), body.len());
+        let token = session.then(|| "FwoGZXIvYXdzEJr//////////wEaDLn+token=".to_owned());
+        let credentials = Credentials::new("ASIAPROPTEST", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token, None, "proptest");
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(seconds);
+        let expected = reference_signature("GET", &uri, &headers, &body, &credentials, region, time);
+        sign_request(&Method::GET, &uri, &mut headers, &body, &SigningIdentity::new(&credentials).unwrap(),
+            SigningScope { region, service: "execute-api" }, time).unwrap();
+        for (name, value) in &expected {
+            prop_assert_eq!(headers.get(name), Some(value), "{} differs for {}", name, uri);
+        }
+        prop_assert_eq!(expected.len(), if session { 4 } else { 3 });
     }
 }

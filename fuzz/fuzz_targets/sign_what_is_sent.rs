@@ -11,7 +11,7 @@ use aws_credential_types::Credentials;
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 use libfuzzer_sys::fuzz_target;
 use prime_sigv4_proxy::prepare;
-use prime_sigv4_proxy::sign::{identity, sign_request, SigningScope};
+use prime_sigv4_proxy::sign::{sign_request, SigningIdentity, SigningScope};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let credentials = Credentials::new("AKIDFUZZ", "fuzz/secret", Some("tok".into()), None, "fuzz");
     let now = SystemTime::now();
     let scope = SigningScope { region: "eu-west-1", service: "execute-api" };
-    if sign_request(&Method::POST, &uri, &mut headers, body.as_bytes(), &identity(&credentials), scope, now).is_err() {
+    if sign_request(&Method::POST, &uri, &mut headers, body.as_bytes(), &SigningIdentity::new(&credentials).unwrap(), scope, now).is_err() {
         panic!("signing failed for {uri}");
     }
     let wire: Vec<(String, String)> = headers
