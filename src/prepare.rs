@@ -226,6 +226,17 @@ pub fn forward_headers(
     headers
 }
 
+/// Client headers that are signed must be visible ASCII (SigV4 signs text): refused here
+/// rather than forwarded unsigned or failing later.
+pub fn check_signed_headers(headers: &HeaderMap) -> Result<(), PrepareError> {
+    for value in headers.get_all(header::CONTENT_TYPE) {
+        if value.to_str().is_err() {
+            return Err(PrepareError::BadHeader("content-type"));
+        }
+    }
+    Ok(())
+}
+
 /// Reads the whole request body, refusing more than `limit` bytes: it is hashed for the
 /// signature and replayed on retries.
 pub async fn read_body<B>(

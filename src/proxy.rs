@@ -146,7 +146,9 @@ impl Proxy {
             Err(e) => return fail(None, e.into()),
         };
         let (parts, body) = request.into_parts();
-        if let Err(e) = prepare::check_target(&parts.method, &parts.uri, parts.version) {
+        if let Err(e) = prepare::check_target(&parts.method, &parts.uri, parts.version)
+            .and_then(|()| prepare::check_signed_headers(&parts.headers))
+        {
             return fail(Some(region), e.into());
         }
         let query = match prepare::normalize_query(parts.uri.query().unwrap_or_default()) {

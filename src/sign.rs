@@ -185,15 +185,22 @@ pub fn sign_request(
     canonical.push('\n');
     let mut signed_headers = String::with_capacity(128);
     for name in signed_header_names() {
-        let Some(value) = headers.get(name) else {
+        let mut values = headers.get_all(name).iter().peekable();
+        if values.peek().is_none() {
             continue;
-        };
-        let value = value
-            .to_str()
-            .map_err(|_| SignError(format!("header {name} is not visible ASCII")))?;
+        }
         canonical.push_str(name.as_str());
         canonical.push(':');
-        push_trimmed(&mut canonical, value);
+        // A repeated header is signed as its values joined by commas, in order.
+        for (i, value) in values.enumerate() {
+            let value = value
+                .to_str()
+                .map_err(|_| SignError(format!("header {name} is not visible ASCII")))?;
+            if i > 0 {
+                canonical.push(',');
+            }
+            push_trimmed(&mut canonical, value);
+        }
         canonical.push('\n');
         if !signed_headers.is_empty() {
             signed_headers.push(';');

@@ -587,3 +587,22 @@ async fn a_plain_http_endpoint_works_only_when_explicitly_allowed() {
     )
     .is_err());
 }
+
+#[tokio::test]
+async fn repeated_and_non_ascii_signed_headers_still_verify() {
+    let (pki, upstream) = setup().await;
+    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let request = "POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: US\r\nContent-Type: application/json\r\nContent-Type:   charset=utf-8  \r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let reply = raw(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let received = upstream.requests().pop().unwrap();
+    received.assert_signed();
+    assert_eq!(received.header_count("content-type"), 2);
+    // A signed header that is not visible ASCII cannot be signed: refused, not sent unsigned.
+    let request = b"GET /v1/x HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: US\r\nContent-Type: text/plain; name=\xc3\xa9\r\nConnection: close\r\n\r\n";
+    let reply = raw(proxy.addr, request, Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("bad_request"), "{reply}");
+    assert_eq!(upstream.count(), 1);
+    proxy.stop().await;
+}
