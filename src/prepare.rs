@@ -28,9 +28,8 @@ pub static X_AMZ_REQUEST_ID: HeaderName = HeaderName::from_static("x-amz-request
 /// The header that selects the region.
 pub static X_AMZ_MARKETPLACE: HeaderName = HeaderName::from_static("x-amz-marketplace");
 
-/// Headers a client must not control: hop-by-hop headers (RFC 9110 §7.6.1), the proxy's own
-/// framing decisions, and anything that would carry or fake a signature.
-static DROPPED_HEADERS: [HeaderName; 15] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, never the next.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -39,6 +38,11 @@ static DROPPED_HEADERS: [HeaderName; 15] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
+];
+
+/// Besides the hop-by-hop ones, headers a client must not control: the proxy's own framing
+/// decisions, and anything that would carry or fake a signature.
+static CLIENT_MUST_NOT_SET: [HeaderName; 7] = [
     header::AUTHORIZATION,
     HeaderName::from_static("x-amz-date"),
     HeaderName::from_static("x-amz-security-token"),
@@ -198,6 +202,26 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid-uuid"))
 }
 
+/// Removes the hop-by-hop headers, including those a `Connection` header names
+/// (`Connection: close, x-foo` makes `x-foo` hop-by-hop too). Used in both directions.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
 /// The headers sent upstream: the client's, minus what it must not control, plus `Host`,
 /// `x-amz-request-id` and a `Content-Length` that matches the buffered body.
 pub fn forward_headers(
@@ -207,15 +231,8 @@ pub fn forward_headers(
     body_len: usize,
 ) -> HeaderMap {
     let had_content_length = headers.contains_key(header::CONTENT_LENGTH);
-    // `Connection: foo, bar` makes foo and bar hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(DROPPED_HEADERS.iter()) {
+    remove_hop_by_hop(&mut headers);
+    for name in &CLIENT_MUST_NOT_SET {
         headers.remove(name);
     }
     headers.insert(header::HOST, host.clone());

@@ -8,22 +8,11 @@ use http_body_util::{Either, Full};
 
 use crate::error::ProxyError;
 use crate::limit::retry_after_secs;
-use crate::prepare::X_AMZ_REQUEST_ID;
+use crate::prepare::{remove_hop_by_hop, X_AMZ_REQUEST_ID};
 use crate::upstream::ResponseBody;
 
 /// The header that marks a response the proxy produced itself.
 pub static X_PRIME_PROXY_ERROR: HeaderName = HeaderName::from_static("x-prime-proxy-error");
-
-/// Hop-by-hop headers of the upstream connection: they do not describe the client's.
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// Passes an upstream response through: status, headers and body unchanged but for the
 /// hop-by-hop headers, with the request id added when upstream did not echo one.
@@ -32,21 +21,7 @@ pub fn upstream(
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
     let headers = response.headers_mut();
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in &named {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_hop_by_hop(headers);
     if !headers.contains_key(&X_AMZ_REQUEST_ID) {
         headers.insert(X_AMZ_REQUEST_ID.clone(), request_id.clone());
     }
