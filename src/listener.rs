@@ -5,12 +5,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -117,7 +117,7 @@ pub async fn serve<H, F>(
                     let handler = handler.clone();
                     let activity = Arc::clone(&activity);
                     async move {
-                        let _busy = activity.request_started();
+                        let _busy = activity.request_started(request.version());
                         Ok::<_, Infallible>(handler(request).await)
                     }
                 })
@@ -184,6 +184,9 @@ struct Activity {
     /// Milliseconds since `epoch` + 1 when the pending request head started; 0 when none.
     head_started_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// HTTP/2 multiplexes: once its first request has started, bytes between requests are
+    /// frames (pings, settings), not the start of a head, so only the idle deadline applies.
+    multiplexed: AtomicBool,
 }
 
 impl Activity {
@@ -194,6 +197,7 @@ impl Activity {
             // A new connection owes us a request head.
             head_started_ms: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
+            multiplexed: AtomicBool::new(false),
         }
     }
 
@@ -209,7 +213,8 @@ impl Activity {
     fn received(&self) {
         let now = self.now_ms();
         self.last_ms.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0 {
+        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.multiplexed.load(Ordering::Relaxed)
+        {
             let _ = self.head_started_ms.compare_exchange(
                 0,
                 now + 1,
@@ -219,9 +224,12 @@ impl Activity {
         }
     }
 
-    fn request_started(self: &Arc<Self>) -> RequestGuard {
+    fn request_started(self: &Arc<Self>, version: Version) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_started_ms.store(0, Ordering::Relaxed);
+        if version >= Version::HTTP_2 {
+            self.multiplexed.store(true, Ordering::Relaxed);
+        }
         RequestGuard(Arc::clone(self))
     }
 
