@@ -12,8 +12,7 @@ use http_body_util::{Either, Full};
 
 use crate::credentials::CredentialStore;
 use crate::metrics::Metrics;
-use crate::upstream::clock::SigningClock;
-use crate::upstream::ResponseBody;
+use crate::upstream::{ResponseBody, Upstream};
 
 /// What the admin endpoints report on.
 pub struct AdminState {
@@ -33,7 +32,7 @@ impl AdminState {
     }
 
     /// Answers one admin request.
-    pub fn handle<B>(&self, request: &Request<B>, clock: &SigningClock) -> Response<ResponseBody> {
+    pub fn handle<B>(&self, request: &Request<B>, upstream: &Upstream) -> Response<ResponseBody> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         }
@@ -55,7 +54,12 @@ impl AdminState {
                 self.metrics
                     .credentials_expiry
                     .set(self.credentials.seconds_to_expiry(SystemTime::now()));
-                self.metrics.clock_offset.set(clock.offset_secs());
+                self.metrics
+                    .clock_offset
+                    .set(upstream.clock().offset_secs());
+                self.metrics
+                    .upstream_connections
+                    .set(i64::try_from(upstream.open_connections()).unwrap_or(i64::MAX));
                 match self.metrics.encode() {
                     Ok(body) => {
                         let mut response = text(StatusCode::OK, body);

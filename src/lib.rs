@@ -165,7 +165,7 @@ pub async fn run_with(
         let admin = Arc::clone(&admin);
         let proxy = Arc::clone(&proxy);
         move |request| {
-            let response = admin.handle(&request, proxy.upstream().clock());
+            let response = admin.handle(&request, proxy.upstream());
             async move { response }
         }
     };

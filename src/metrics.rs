@@ -54,6 +54,7 @@ pub struct Metrics {
     pub retry_budget_exhausted: Counter,
     pub retry_budget_tokens: Gauge,
     pub in_flight: Gauge,
+    pub upstream_connections: Gauge,
     pub credentials_expiry: Gauge<f64, AtomicU64>,
     pub clock_offset: Gauge<f64, AtomicU64>,
 }
@@ -76,6 +77,7 @@ impl Metrics {
             retry_budget_exhausted: Counter::default(),
             retry_budget_tokens: Gauge::default(),
             in_flight: Gauge::default(),
+            upstream_connections: Gauge::default(),
             credentials_expiry: Gauge::default(),
             clock_offset: Gauge::default(),
             registry: Registry::default(),
@@ -119,6 +121,11 @@ impl Metrics {
             "in_flight_requests",
             "Requests being handled",
             metrics.in_flight.clone(),
+        );
+        registry.register(
+            "upstream_connections",
+            "Open TLS connections to Prime endpoints",
+            metrics.upstream_connections.clone(),
         );
         registry.register(
             "credentials_expiry_seconds",

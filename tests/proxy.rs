@@ -606,3 +606,47 @@ async fn repeated_and_non_ascii_signed_headers_still_verify() {
     assert_eq!(upstream.count(), 1);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_keep_alive_clients_need_no_more_upstream_connections_than_their_number() {
+    let (pki, upstream) = setup().await;
+    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    const CLIENTS: usize = 48;
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let url = proxy.url("/v1/a");
+        tasks.push(tokio::spawn(async move {
+            // One keep-alive connection per client, requests back to back.
+            let client: PlainClient =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_max_idle_per_host(1)
+                    .build_http();
+            for _ in 0..40 {
+                assert_eq!(
+                    get(&client, &url, &[("x-amz-marketplace", "US")])
+                        .await
+                        .status,
+                    200
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(upstream.count(), CLIENTS * 40);
+    let opened = upstream
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        opened <= CLIENTS,
+        "{CLIENTS} clients made the proxy open {opened} upstream connections"
+    );
+    let metrics = get(&client(), &format!("http://{}/metrics", proxy.admin), &[]).await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(
+        text.contains(&format!("prime_proxy_upstream_connections {opened}")),
+        "{text}"
+    );
+    proxy.stop().await;
+}

@@ -13,10 +13,14 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
+use super::gate::{ConnectionGate, GatedConnector};
 use crate::config::UpstreamConfig;
 
 /// The pooled TLS client every upstream attempt goes through.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type UpstreamClient = Client<HttpsConnector<GatedConnector<HttpConnector>>, Full<Bytes>>;
+
+/// How long a dial waits for a pooled connection to come back before opening a new one.
+const DIAL_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The upstream client could not be built (a bad `upstream.ca_file`, no roots at all).
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +64,11 @@ fn root_store(config: &UpstreamConfig) -> Result<RootCertStore, ClientError> {
     Ok(roots)
 }
 
-/// Builds the client. TLS verification is always on: there is no switch to turn it off.
-pub fn build(config: &UpstreamConfig) -> Result<UpstreamClient, ClientError> {
+/// Builds the client and the gate that keeps its connection count at what requests need.
+/// TLS verification is always on: there is no switch to turn it off.
+pub fn build(
+    config: &UpstreamConfig,
+) -> Result<(UpstreamClient, Arc<ConnectionGate>), ClientError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -73,6 +80,14 @@ pub fn build(config: &UpstreamConfig) -> Result<UpstreamClient, ClientError> {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout()));
     http.set_keepalive(Some(std::time::Duration::from_secs(30)));
+    let gate = ConnectionGate::new();
+    // With HTTP/2 one connection carries every request: nothing to wait for.
+    let patience = if config.http2 {
+        std::time::Duration::ZERO
+    } else {
+        DIAL_PATIENCE
+    };
+    let http = GatedConnector::new(http, Arc::clone(&gate), patience);
     let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
     let builder = if config.allow_plain_http {
         builder.https_or_http()
@@ -93,5 +108,5 @@ pub fn build(config: &UpstreamConfig) -> Result<UpstreamClient, ClientError> {
     if config.http2 {
         client.timer(TokioTimer::new());
     }
-    Ok(client.build(connector))
+    Ok((client.build(connector), gate))
 }

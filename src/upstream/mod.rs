@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod clock;
+pub mod gate;
 pub mod retry;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::route::Region;
 use crate::sign::{self, SignError, SigningScope};
 use client::UpstreamClient;
 use clock::SigningClock;
+use gate::ConnectionGate;
 use retry::{Outcome, RetryBudget, RetryPolicy};
 
 /// Response bodies up to this size (by `Content-Length`) are read whole inside the attempt,
@@ -70,6 +72,7 @@ pub struct Forwarded {
 /// Everything needed to get a request answered by Prime.
 pub struct Upstream {
     client: UpstreamClient,
+    gate: Arc<ConnectionGate>,
     policy: RetryPolicy,
     budget: RetryBudget,
     clock: SigningClock,
@@ -83,7 +86,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(
         config: &Config,
-        client: UpstreamClient,
+        (client, gate): (UpstreamClient, Arc<ConnectionGate>),
         credentials: Arc<CredentialStore>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -91,6 +94,7 @@ impl Upstream {
         metrics.retry_budget_tokens.set(i64::from(budget.tokens()));
         Self {
             client,
+            gate,
             policy: RetryPolicy::new(&config.retry),
             budget,
             clock: SigningClock::default(),
@@ -100,6 +104,11 @@ impl Upstream {
             credentials,
             metrics,
         }
+    }
+
+    /// Open upstream connections.
+    pub fn open_connections(&self) -> usize {
+        self.gate.open()
     }
 
     /// The signing clock (its offset is exported as a metric).
@@ -258,6 +267,8 @@ impl Upstream {
         limit: Duration,
     ) -> Result<Response<ResponseBody>, Failure> {
         let exchange = async {
+            // This attempt needs a connection until its response (or small body) is in.
+            let _demand = self.gate.demand();
             let response = self.client.request(request).await.map_err(|e| {
                 let outcome = if e.is_connect() {
                     Outcome::ConnectError

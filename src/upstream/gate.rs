@@ -1,0 +1,253 @@
+//! Keeps the number of open upstream connections at what concurrent requests need.
+//!
+//! hyper-util's pool races a new connection against the pool whenever a request finds no
+//! idle connection, and a connection goes back to the pool only after its response has been
+//! handed on, in a task of its own. Under keep-alive load a client's next request often
+//! arrives before that, so the pool dials a connection it does not need (measured: 116
+//! upstream connections for 64 client connections). The gate lets a new connection be
+//! opened at once only while fewer are open than requests are in flight; otherwise the
+//! dial waits briefly, and the pool's own checkout almost always wins meanwhile.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Open connections and in-flight requests, shared by the connector and the request path.
+#[derive(Debug, Default)]
+pub struct ConnectionGate {
+    open: AtomicUsize,
+    demand: AtomicUsize,
+    changed: Notify,
+}
+
+impl ConnectionGate {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Counts one upstream attempt as needing a connection while the guard lives.
+    pub fn demand(self: &Arc<Self>) -> Demand {
+        self.demand.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+        Demand(Arc::clone(self))
+    }
+
+    /// Open connections (for tests and metrics).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Waits until a new connection is needed (fewer open than in demand), or `patience`
+    /// has passed, then counts it as open.
+    async fn admit(self: &Arc<Self>, patience: Duration) -> Open {
+        let deadline = Instant::now() + patience;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let open = self.open.load(Ordering::Acquire);
+            if open < self.demand.load(Ordering::Acquire)
+                && self
+                    .open
+                    .compare_exchange(open, open + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                return Open(Arc::clone(self));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                // Nothing came free in time: dial anyway rather than stall the request.
+                self.open.fetch_add(1, Ordering::AcqRel);
+                return Open(Arc::clone(self));
+            }
+        }
+    }
+}
+
+/// One attempt's claim on a connection.
+#[derive(Debug)]
+pub struct Demand(Arc<ConnectionGate>);
+
+impl Drop for Demand {
+    fn drop(&mut self) {
+        self.0.demand.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One open connection; closing it (dropping the stream) frees its place.
+#[derive(Debug)]
+struct Open(Arc<ConnectionGate>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// A connector that asks the gate before dialing.
+#[derive(Clone, Debug)]
+pub struct GatedConnector<C> {
+    inner: C,
+    gate: Arc<ConnectionGate>,
+    patience: Duration,
+}
+
+impl<C> GatedConnector<C> {
+    pub fn new(inner: C, gate: Arc<ConnectionGate>, patience: Duration) -> Self {
+        Self {
+            inner,
+            gate,
+            patience,
+        }
+    }
+}
+
+impl<C> tower_service::Service<Uri> for GatedConnector<C>
+where
+    C: tower_service::Service<Uri> + Clone + Send + 'static,
+    C::Future: Send + 'static,
+{
+    type Response = GatedStream<C::Response>;
+    type Error = C::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let gate = Arc::clone(&self.gate);
+        let patience = self.patience;
+        // The service contract: call the instance that was polled ready.
+        let replacement = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, replacement);
+        Box::pin(async move {
+            let open = gate.admit(patience).await;
+            let stream = inner.call(uri).await?;
+            Ok(GatedStream {
+                inner: stream,
+                _open: open,
+            })
+        })
+    }
+}
+
+/// A connection counted by the gate for as long as it exists.
+#[derive(Debug)]
+pub struct GatedStream<T> {
+    inner: T,
+    _open: Open,
+}
+
+impl<T: Connection> Connection for GatedStream<T> {
+    fn connected(&self) -> Connected {
+        self.inner.connected()
+    }
+}
+
+impl<T: Read + Unpin> Read for GatedStream<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: Write + Unpin> Write for GatedStream<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_is_admitted_at_once_only_while_demand_exceeds_open() {
+        let gate = ConnectionGate::new();
+        let first = gate.demand();
+        let open_1 = gate.admit(Duration::from_secs(5)).await;
+        assert_eq!(gate.open(), 1);
+        // One in flight, one open: a second dial waits...
+        let waiting = {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { gate.admit(Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        // ...until a second request needs a connection.
+        let second = gate.demand();
+        let open_2 = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(gate.open(), 2);
+        drop((first, second, open_1, open_2));
+        assert_eq!(gate.open(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dial_goes_ahead_after_its_patience_runs_out() {
+        let gate = ConnectionGate::new();
+        let started = std::time::Instant::now();
+        let _open = gate.admit(Duration::from_millis(80)).await;
+        assert!(started.elapsed() >= Duration::from_millis(70));
+        assert_eq!(gate.open(), 1);
+    }
+
+    #[tokio::test]
+    async fn closing_a_connection_lets_a_waiting_dial_through() {
+        let gate = ConnectionGate::new();
+        let _demand = gate.demand();
+        let open = gate.admit(Duration::from_secs(5)).await;
+        let waiting = {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { gate.admit(Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(open);
+        let _reopened = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(gate.open(), 1);
+    }
+}
