@@ -7,6 +7,7 @@
 //! them with the SigV4 unreserved set and sends exactly the canonical query string it
 //! signs, so what is signed is what is sent.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,14 +15,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri, Version};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
-
-/// Bytes that SigV4 leaves unencoded: `A-Z a-z 0-9 - _ . ~`.
-const SIGV4_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 /// The request id header: kept from the client, else created; echoed on the response.
 pub static X_AMZ_REQUEST_ID: HeaderName = HeaderName::from_static("x-amz-request-id");
@@ -124,29 +117,40 @@ pub fn normalize_query(raw: &str) -> Result<String, PrepareError> {
     if raw.is_empty() {
         return Ok(String::new());
     }
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    let mut scratch = Vec::new();
+    // Every name and value is encoded into one buffer; pairs are ranges into it. Four
+    // allocations per query whatever its length (this runs on every request).
+    let mut encoded = String::with_capacity(raw.len() + raw.len() / 2);
+    let mut pairs: Vec<(Range<usize>, Range<usize>)> = Vec::with_capacity(8);
+    let mut scratch = Vec::with_capacity(raw.len());
     for piece in raw.split('&').filter(|piece| !piece.is_empty()) {
         let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
-        let name = reencode(name, &mut scratch)?;
-        let value = reencode(value, &mut scratch)?;
+        let name = reencode(name, &mut scratch, &mut encoded)?;
+        let value = reencode(value, &mut scratch, &mut encoded)?;
         pairs.push((name, value));
     }
-    pairs.sort_unstable();
-    let mut canonical = String::with_capacity(raw.len() + raw.len() / 2);
-    for (i, (name, value)) in pairs.iter().enumerate() {
+    pairs.sort_unstable_by(|(a_name, a_value), (b_name, b_value)| {
+        (&encoded[a_name.clone()], &encoded[a_value.clone()])
+            .cmp(&(&encoded[b_name.clone()], &encoded[b_value.clone()]))
+    });
+    let mut canonical = String::with_capacity(encoded.len() + 2 * pairs.len());
+    for (i, (name, value)) in pairs.into_iter().enumerate() {
         if i > 0 {
             canonical.push('&');
         }
-        canonical.push_str(name);
+        canonical.push_str(&encoded[name]);
         canonical.push('=');
-        canonical.push_str(value);
+        canonical.push_str(&encoded[value]);
     }
     Ok(canonical)
 }
 
-/// Percent-decodes `text` strictly into `scratch`, then encodes it with the unreserved set.
-fn reencode(text: &str, scratch: &mut Vec<u8>) -> Result<String, PrepareError> {
+/// Percent-decodes `text` strictly into `scratch`, then appends it to `out` encoded with the
+/// unreserved set; returns where it went.
+fn reencode(
+    text: &str,
+    scratch: &mut Vec<u8>,
+    out: &mut String,
+) -> Result<Range<usize>, PrepareError> {
     scratch.clear();
     let bytes = text.as_bytes();
     let mut i = 0;
@@ -169,9 +173,21 @@ fn reencode(text: &str, scratch: &mut Vec<u8>) -> Result<String, PrepareError> {
     }
     // SigV4 signers (aws-sigv4 among them) decode the query as UTF-8 text: bytes that are
     // not UTF-8 would be signed as U+FFFD and sent as themselves, a signature Prime rejects.
-    let text = std::str::from_utf8(scratch).map_err(|_| PrepareError::NotUtf8)?;
-    Ok(percent_encoding::utf8_percent_encode(text, SIGV4_UNRESERVED).to_string())
+    std::str::from_utf8(scratch).map_err(|_| PrepareError::NotUtf8)?;
+    let start = out.len();
+    for &byte in scratch.iter() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push('%');
+            out.push(char::from(UPPER_HEX[usize::from(byte >> 4)]));
+            out.push(char::from(UPPER_HEX[usize::from(byte & 0xf)]));
+        }
+    }
+    Ok(start..out.len())
 }
+
+const UPPER_HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 fn hex_value(byte: u8) -> Option<u8> {
     match byte {
