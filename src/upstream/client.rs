@@ -19,9 +19,6 @@ use crate::config::UpstreamConfig;
 /// The pooled TLS client every upstream attempt goes through.
 pub type UpstreamClient = Client<HttpsConnector<GatedConnector<HttpConnector>>, Full<Bytes>>;
 
-/// How long a dial waits for a pooled connection to come back before opening a new one.
-const DIAL_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// The upstream client could not be built (a bad `upstream.ca_file`, no roots at all).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -81,12 +78,9 @@ pub fn build(
     http.set_connect_timeout(Some(config.connect_timeout()));
     http.set_keepalive(Some(std::time::Duration::from_secs(30)));
     let gate = ConnectionGate::new();
-    // With HTTP/2 one connection carries every request: nothing to wait for.
-    let patience = if config.http2 {
-        std::time::Duration::ZERO
-    } else {
-        DIAL_PATIENCE
-    };
+    // With HTTP/2 one connection carries every request: nothing to wait for. Otherwise an
+    // unneeded dial waits as long as an attempt may, then gives up.
+    let patience = (!config.http2).then(|| config.attempt_timeout());
     let http = GatedConnector::new(http, Arc::clone(&gate), patience);
     let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
     let builder = if config.allow_plain_http {
