@@ -36,6 +36,10 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace_ms: u64,
+    /// Threads serving requests (0 = one per CPU core). One is the default: a sidecar's CPU
+    /// is paid in every pod, and one thread does the least work per request (see README,
+    /// Performance).
+    pub worker_threads: usize,
     /// Optional TLS on `listen`.
     pub tls: InboundTlsConfig,
     /// Limits that protect the listener from abusive or broken clients.
@@ -187,6 +191,7 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
             max_body_bytes: 1024 * 1024,
             shutdown_grace_ms: 10_000,
+            worker_threads: 1,
             tls: InboundTlsConfig::default(),
             listener: ListenerConfig::default(),
             upstream: UpstreamConfig::default(),
@@ -379,6 +384,12 @@ impl Config {
         }
         if self.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
+        }
+        if self.worker_threads > 256 {
+            return Err(invalid(
+                "worker_threads",
+                "must be between 0 (one per core) and 256",
+            ));
         }
         self.tls.validate()?;
         self.listener.validate()?;

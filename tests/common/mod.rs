@@ -632,8 +632,13 @@ impl ProxyProcess {
 
 /// A config file for the binary whose regions all point at `upstream`.
 pub fn config_file(pki: &Pki, upstream: &FakeUpstream, extra: &str) -> PathBuf {
+    // Top-level keys in `extra` must come before the first table.
+    let (top, tables) = match extra.find('[') {
+        Some(at) => extra.split_at(at),
+        None => (extra, ""),
+    };
     let toml = format!(
-        "[upstream]\nca_file = {ca:?}\n\n[regions.na]\nendpoint = {e:?}\n[regions.eu]\nendpoint = {e:?}\n[regions.fe]\nendpoint = {e:?}\n\n{extra}\n",
+        "{top}\n[upstream]\nca_file = {ca:?}\n\n[regions.na]\nendpoint = {e:?}\n[regions.eu]\nendpoint = {e:?}\n[regions.fe]\nendpoint = {e:?}\n\n{tables}\n",
         ca = pki.ca_file.display().to_string(),
         e = upstream.endpoint,
     );
