@@ -52,7 +52,10 @@ pub fn init() -> LogGuard {
         // Stdout is line-buffered: one write syscall per line. Buffered here, the writer
         // thread writes whatever lines have queued up at once and flushes when the queue is
         // empty, so a line is never held back while the proxy is idle.
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let base = tracing_subscriber::fmt::layer().with_writer(writer);
     let layer = if format == "text" {
         base.boxed()

@@ -355,3 +355,75 @@ async fn logs_never_contain_tokens_secrets_or_bodies() {
     assert_eq!(line["path"], "/v1/benefits");
     assert_eq!(proxy.terminate().await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn eks_irsa_web_identity_credentials_come_from_sts() {
+    let pki = Pki::new();
+    let upstream = FakeUpstream::start(&pki).await;
+    upstream
+        .keys
+        .lock()
+        .unwrap()
+        .insert("ASIAIRSA".into(), ("irsa/secret".into(), None));
+    let bodies = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&bodies);
+    let (sts, _task) = http_endpoint(move |_method, _target, _headers, body| {
+        seen.lock().unwrap().push(String::from_utf8_lossy(body).into_owned());
+        let expiry = iso8601(SystemTime::now() + Duration::from_secs(3600));
+        let xml = format!(
+            r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleWithWebIdentityResult>
+    <SubjectFromWebIdentityToken>system:serviceaccount:prime:app</SubjectFromWebIdentityToken>
+    <AssumedRoleUser>
+      <Arn>arn:aws:sts::123456789012:assumed-role/prime-irsa/botocore-session</Arn>
+      <AssumedRoleId>AROAIRSA:session</AssumedRoleId>
+    </AssumedRoleUser>
+    <Credentials>
+      <AccessKeyId>ASIAIRSA</AccessKeyId>
+      <SecretAccessKey>irsa/secret</SecretAccessKey>
+      <SessionToken>irsa-session-token</SessionToken>
+      <Expiration>{expiry}</Expiration>
+    </Credentials>
+    <Provider>arn:aws:iam::123456789012:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/X</Provider>
+    <Audience>sts.amazonaws.com</Audience>
+  </AssumeRoleWithWebIdentityResult>
+  <ResponseMetadata><RequestId>ad4156e9-bce1-11e2-82e6-6b6efEXAMPLE</RequestId></ResponseMetadata>
+</AssumeRoleWithWebIdentityResponse>"#
+        );
+        (200, xml)
+    })
+    .await;
+    let token_file = pki.write("eks-token", "eyJhbGciOiJSUzI1NiJ9.irsa-projected-token.sig");
+    let mut command = clean_command(pki.dir.path());
+    command
+        .env("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/prime-irsa")
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file)
+        .env("AWS_REGION", "eu-west-1")
+        .env(
+            "AWS_ENDPOINT_URL_STS",
+            format!("http://127.0.0.1:{}", sts.port()),
+        );
+    let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, "")).await;
+    let reply = get(
+        &client(),
+        &proxy.url("/v1/benefits"),
+        &[("x-amz-marketplace", "FR")],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}\n{}", reply.body, proxy.logs());
+    let received = upstream.requests().pop().unwrap();
+    let (key, _) = received.assert_signed();
+    assert_eq!(key, "ASIAIRSA");
+    assert_eq!(
+        received.header("x-amz-security-token"),
+        Some("irsa-session-token")
+    );
+    let body = bodies.lock().unwrap().first().cloned().unwrap_or_default();
+    assert!(body.contains("Action=AssumeRoleWithWebIdentity"), "{body}");
+    assert!(
+        body.contains("WebIdentityToken=eyJhbGciOiJSUzI1NiJ9.irsa-projected-token.sig"),
+        "{body}"
+    );
+    assert!(!proxy.logs().contains("irsa-projected-token"));
+    assert_eq!(proxy.terminate().await.code(), Some(0));
+}
