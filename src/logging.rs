@@ -3,13 +3,17 @@
 //! libraries that would otherwise log secrets at their most verbose levels.
 
 use std::fmt::{self, Write as _};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
 use tracing::Metadata;
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -38,31 +42,22 @@ pub fn allowed(metadata: &Metadata<'_>) -> bool {
 
 /// Keeps the log writer thread alive; dropping it flushes what is buffered.
 pub struct LogGuard {
-    _worker: tracing_appender::non_blocking::WorkerGuard,
+    _writer: FlushOnDrop,
     /// Set when `PRIME_PROXY_LOG_FORMAT` was not understood.
     pub warning: Option<String>,
 }
 
 /// Installs the global subscriber.
 ///
-/// Lines are written to stdout by a dedicated thread, so a slow log pipe never blocks a
-/// request task. The buffer is not lossy: under a flood the request path waits rather than
-/// dropping request lines.
+/// Lines are collected in memory and written to stdout by a dedicated thread every
+/// [`FLUSH_EVERY`], so a slow log pipe never blocks a request task and no request pays for
+/// waking a writer thread. Nothing is dropped: if the pipe stalls and [`MAX_PENDING`] bytes
+/// pile up, the thread that finds the buffer full writes it itself.
 pub fn init() -> LogGuard {
     let levels = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let format = std::env::var("PRIME_PROXY_LOG_FORMAT").unwrap_or_default();
     let format = format.to_ascii_lowercase();
-    let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        .thread_name("log-writer")
-        // Stdout is line-buffered: one write syscall per line. Buffered here, the writer
-        // thread writes whatever lines have queued up at once and flushes when the queue is
-        // empty, so a line is never held back while the proxy is idle.
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ));
+    let (writer, flush_guard) = BatchedStdout::start();
     let base = tracing_subscriber::fmt::layer().with_writer(writer);
     let layer = if format == "text" {
         base.boxed()
@@ -79,8 +74,104 @@ pub fn init() -> LogGuard {
         )),
     };
     LogGuard {
-        _worker: worker,
+        _writer: flush_guard,
         warning,
+    }
+}
+
+/// How often collected log lines are written out.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Collected bytes beyond which the logging thread writes them out itself.
+const MAX_PENDING: usize = 4 * 1024 * 1024;
+
+/// Log lines waiting to be written.
+#[derive(Default)]
+struct Pending {
+    bytes: Mutex<Vec<u8>>,
+    stop: AtomicBool,
+}
+
+impl Pending {
+    /// Writes out whatever is collected. Only the lock's holder touches stdout, so lines stay
+    /// in order; the lock is released before the (possibly slow) write.
+    fn flush(&self) {
+        let batch = match self.bytes.lock() {
+            Ok(mut bytes) if !bytes.is_empty() => std::mem::take(&mut *bytes),
+            _ => return,
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(&batch);
+        let _ = stdout.flush();
+    }
+}
+
+/// The `MakeWriter` the subscriber formats into: each line is appended to [`Pending`].
+#[derive(Clone)]
+struct BatchedStdout(Arc<Pending>);
+
+/// Stops the writer thread and writes out the last lines when dropped (at exit).
+struct FlushOnDrop {
+    pending: Arc<Pending>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BatchedStdout {
+    fn start() -> (Self, FlushOnDrop) {
+        let pending = Arc::new(Pending::default());
+        let worker = Arc::clone(&pending);
+        let thread = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || {
+                while !worker.stop.load(Ordering::Acquire) {
+                    std::thread::park_timeout(FLUSH_EVERY);
+                    worker.flush();
+                }
+                worker.flush();
+            })
+            .ok();
+        (Self(Arc::clone(&pending)), FlushOnDrop { pending, thread })
+    }
+}
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        self.pending.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+        self.pending.flush();
+    }
+}
+
+impl<'a> MakeWriter<'a> for BatchedStdout {
+    type Writer = LineSink<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LineSink(&self.0)
+    }
+}
+
+/// Appends one formatted line to the pending batch.
+pub struct LineSink<'a>(&'a Pending);
+
+impl std::io::Write for LineSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let full = match self.0.bytes.lock() {
+            Ok(mut bytes) => {
+                bytes.extend_from_slice(buf);
+                bytes.len() > MAX_PENDING
+            }
+            Err(_) => false,
+        };
+        if full {
+            self.0.flush();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
