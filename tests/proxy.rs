@@ -650,3 +650,35 @@ async fn concurrent_keep_alive_clients_need_no_more_upstream_connections_than_th
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_streaming_response_does_not_hold_up_other_requests() {
+    let (pki, upstream) = setup().await;
+    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    upstream.push([Action::StreamSlowly(Duration::from_millis(1500))]);
+    let url = proxy.url("/v1/stream");
+    let streaming =
+        tokio::spawn(async move { get(&client(), &url, &[("x-amz-marketplace", "US")]).await });
+    assert!(eventually(Duration::from_secs(5), || upstream.count() == 1).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The streaming response holds its connection: this request needs another one at once.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        get(
+            &client(),
+            &proxy.url("/v1/quick"),
+            &[("x-amz-marketplace", "US")]
+        )
+        .await
+        .status,
+        200
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    let streamed = streaming.await.unwrap();
+    assert_eq!(&streamed.body[..], b"{\"part\":1,\"done\":true}");
+    proxy.stop().await;
+}

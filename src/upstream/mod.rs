@@ -36,7 +36,35 @@ const BUFFER_RESPONSE_UP_TO: u64 = 256 * 1024;
 const FIRST_FETCH_WAIT: Duration = Duration::from_secs(5);
 
 /// A response body as the client receives it: read whole, or streamed from upstream.
-pub type ResponseBody = Either<Full<Bytes>, Incoming>;
+pub type ResponseBody = Either<Full<Bytes>, StreamedBody>;
+
+/// An upstream body streamed to the client. Its connection stays counted as in demand until
+/// the body is done, so the connection gate lets other requests dial meanwhile.
+#[derive(Debug)]
+pub struct StreamedBody {
+    inner: Incoming,
+    _demand: gate::Demand,
+}
+
+impl http_body::Body for StreamedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// No upstream response could be had.
 #[derive(Debug, thiserror::Error)]
@@ -268,7 +296,7 @@ impl Upstream {
     ) -> Result<Response<ResponseBody>, Failure> {
         let exchange = async {
             // This attempt needs a connection until its response (or small body) is in.
-            let _demand = self.gate.demand();
+            let demand = self.gate.demand();
             let response = self.client.request(request).await.map_err(|e| {
                 let outcome = if e.is_connect() {
                     Outcome::ConnectError
@@ -297,6 +325,10 @@ impl Upstream {
                     .to_bytes();
                 Ok(Response::from_parts(parts, Either::Left(Full::new(bytes))))
             } else {
+                let body = StreamedBody {
+                    inner: body,
+                    _demand: demand,
+                };
                 Ok(Response::from_parts(parts, Either::Right(body)))
             }
         };

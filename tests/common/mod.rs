@@ -9,6 +9,7 @@ pub mod sigv4_verifier;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -141,6 +142,8 @@ pub enum Action {
     CloseWithoutResponse,
     /// Wait this long, then answer 200.
     Sleep(Duration),
+    /// Answer 200 with a chunked body whose second chunk comes after this long.
+    StreamSlowly(Duration),
 }
 
 impl Action {
@@ -320,7 +323,37 @@ impl http_body::Body for BrokenBody {
     }
 }
 
-type TestBody = http_body_util::Either<Full<Bytes>, BrokenBody>;
+/// A chunked body: one chunk now, another after a pause, then the end.
+struct SlowBody {
+    pause: Pin<Box<tokio::time::Sleep>>,
+    sent: u8,
+}
+
+impl http_body::Body for SlowBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.sent {
+            0 => {
+                self.sent = 1;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"{\"part\":1,")))))
+            }
+            1 => match self.pause.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.sent = 2;
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"\"done\":true}")))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            _ => Poll::Ready(None),
+        }
+    }
+}
+
+type TestBody = http_body_util::Either<Full<Bytes>, http_body_util::Either<BrokenBody, SlowBody>>;
 
 impl UpstreamState {
     async fn answer(
@@ -382,8 +415,17 @@ impl UpstreamState {
                 tokio::time::sleep(wait).await;
                 Ok(full(200, Vec::new(), "{\"slept\":true}".into()))
             }
+            Action::StreamSlowly(pause) => Ok(Response::new(TestBody::Right(
+                http_body_util::Either::Right(SlowBody {
+                    pause: Box::pin(tokio::time::sleep(pause)),
+                    sent: 0,
+                }),
+            ))),
             Action::ResetMidBody => {
-                let mut response = Response::new(TestBody::Right(BrokenBody { sent: false }));
+                let mut response =
+                    Response::new(TestBody::Right(http_body_util::Either::Left(BrokenBody {
+                        sent: false,
+                    })));
                 response.headers_mut().insert(
                     http::header::CONTENT_LENGTH,
                     http::HeaderValue::from_static("100"),
