@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use http::HeaderValue;
 
 use crate::config::RegionConfig;
@@ -16,8 +16,6 @@ use crate::config::RegionConfig;
 pub struct Region {
     /// The configuration's key (`na`, `eu`, `fe`, …), used as the metrics label.
     pub key: Arc<str>,
-    pub scheme: Scheme,
-    pub authority: Authority,
     /// The `Host` header sent upstream and signed: the authority without a default port.
     pub host: HeaderValue,
     /// `scheme://authority`, the prefix of every upstream URI.
@@ -40,7 +38,6 @@ pub struct MarketplaceTable {
     /// (upper-case marketplace code, region). Seventeen entries by default: a linear scan
     /// with a case-insensitive compare beats hashing an upper-cased copy.
     entries: Vec<(String, Arc<Region>)>,
-    regions: Vec<Arc<Region>>,
 }
 
 impl MarketplaceTable {
@@ -51,7 +48,6 @@ impl MarketplaceTable {
     pub fn new(regions: &BTreeMap<String, RegionConfig>) -> Result<Self, String> {
         let mut table = MarketplaceTable {
             entries: Vec::new(),
-            regions: Vec::new(),
         };
         for (key, config) in regions {
             let uri: http::Uri = config
@@ -76,8 +72,6 @@ impl MarketplaceTable {
             let region = Arc::new(Region {
                 key: Arc::from(key.as_str()),
                 origin: format!("{scheme}://{authority}"),
-                scheme,
-                authority,
                 host,
                 signing_region: config.signing_region.clone(),
             });
@@ -86,7 +80,6 @@ impl MarketplaceTable {
                     .entries
                     .push((marketplace.trim().to_ascii_uppercase(), Arc::clone(&region)));
             }
-            table.regions.push(region);
         }
         Ok(table)
     }
@@ -105,11 +98,6 @@ impl MarketplaceTable {
             .ok_or_else(|| RouteError::UnknownMarketplace {
                 marketplace: String::from_utf8_lossy(code).chars().take(16).collect(),
             })
-    }
-
-    /// Every configured region (for metrics and start-up logging).
-    pub fn regions(&self) -> &[Arc<Region>] {
-        &self.regions
     }
 }
 
