@@ -15,11 +15,7 @@ use common::*;
 async fn credentials_from_the_environment_sign_requests() {
     let pki = Pki::new();
     let upstream = FakeUpstream::start(&pki).await;
-    upstream
-        .keys
-        .lock()
-        .unwrap()
-        .insert("AKIDFROMENV".into(), ("env/secret+key".into(), None));
+    upstream.accept_key("AKIDFROMENV", "env/secret+key");
     let mut command = clean_command(pki.dir.path());
     command
         .env("AWS_ACCESS_KEY_ID", "AKIDFROMENV")
@@ -151,11 +147,7 @@ async fn rotating_container_credentials_never_fail_a_request() {
 async fn role_arn_is_assumed_through_sts_on_a_private_endpoint() {
     let pki = Pki::new();
     let upstream = FakeUpstream::start(&pki).await;
-    upstream
-        .keys
-        .lock()
-        .unwrap()
-        .insert("ASIAASSUMED".into(), ("assumed/secret".into(), None));
+    upstream.accept_key("ASIAASSUMED", "assumed/secret");
     let sts_calls = Arc::new(Mutex::new(Vec::<(String, String, String)>::new()));
     let calls = Arc::clone(&sts_calls);
     let (sts, _task) = http_endpoint(move |method, _target, headers, body| {
@@ -280,11 +272,7 @@ async fn without_credentials_the_proxy_starts_but_is_not_ready() {
 async fn logs_never_contain_tokens_secrets_or_bodies() {
     let pki = Pki::new();
     let upstream = FakeUpstream::start(&pki).await;
-    upstream
-        .keys
-        .lock()
-        .unwrap()
-        .insert("AKIDLOGTEST".into(), ("log-test-secret-value".into(), None));
+    upstream.accept_key("AKIDLOGTEST", "log-test-secret-value");
     let mut command = clean_command(pki.dir.path());
     command
         .env("AWS_ACCESS_KEY_ID", "AKIDLOGTEST")
@@ -360,11 +348,7 @@ async fn logs_never_contain_tokens_secrets_or_bodies() {
 async fn eks_irsa_web_identity_credentials_come_from_sts() {
     let pki = Pki::new();
     let upstream = FakeUpstream::start(&pki).await;
-    upstream
-        .keys
-        .lock()
-        .unwrap()
-        .insert("ASIAIRSA".into(), ("irsa/secret".into(), None));
+    upstream.accept_key("ASIAIRSA", "irsa/secret");
     let bodies = Arc::new(Mutex::new(Vec::<String>::new()));
     let seen = Arc::clone(&bodies);
     let (sts, _task) = http_endpoint(move |_method, _target, _headers, body| {

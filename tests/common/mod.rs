@@ -281,6 +281,14 @@ impl FakeUpstream {
         }
     }
 
+    /// Accepts signatures made with this (non-expiring) key from now on.
+    pub fn accept_key(&self, access_key_id: &str, secret: &str) {
+        self.keys
+            .lock()
+            .unwrap()
+            .insert(access_key_id.to_owned(), (secret.to_owned(), None));
+    }
+
     /// Queues actions for the next requests (then it answers 200 again).
     pub fn push(&self, actions: impl IntoIterator<Item = Action>) {
         self.script.lock().unwrap().extend(actions);
