@@ -8,11 +8,11 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
 
 use crate::credentials::CredentialStore;
 use crate::metrics::Metrics;
-use crate::upstream::{ResponseBody, Upstream};
+use crate::respond::ClientBody;
+use crate::upstream::Upstream;
 
 /// What the admin endpoints report on.
 pub struct AdminState {
@@ -32,7 +32,7 @@ impl AdminState {
     }
 
     /// Answers one admin request.
-    pub fn handle<B>(&self, request: &Request<B>, upstream: &Upstream) -> Response<ResponseBody> {
+    pub fn handle<B>(&self, request: &Request<B>, upstream: &Upstream) -> Response<ClientBody> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         }
@@ -57,9 +57,15 @@ impl AdminState {
                 self.metrics
                     .clock_offset
                     .set(upstream.clock().offset_secs());
+                for region in upstream.regions() {
+                    region
+                        .metrics
+                        .connections
+                        .set(i64::try_from(region.open_connections()).unwrap_or(i64::MAX));
+                }
                 self.metrics
-                    .upstream_connections
-                    .set(i64::try_from(upstream.open_connections()).unwrap_or(i64::MAX));
+                    .buffered_bytes
+                    .set(i64::try_from(upstream.memory().reserved_bytes()).unwrap_or(i64::MAX));
                 match self.metrics.encode() {
                     Ok(body) => {
                         let mut response = text(StatusCode::OK, body);
@@ -85,8 +91,8 @@ impl AdminState {
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
-    let mut response = Response::new(Either::Left(Full::new(body.into())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ClientBody> {
+    let mut response = Response::new(ClientBody::full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -89,6 +89,10 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     /// Requests beyond this are answered 503 `overloaded` at once.
     pub max_in_flight: usize,
+    /// Memory budget for buffered request and response bodies together: a request whose
+    /// body would exceed it gets 503 `overloaded`; a response that would is streamed instead
+    /// of buffered.
+    pub max_buffered_bytes: u64,
 }
 
 /// `[upstream]`: the TLS client towards Prime.
@@ -109,6 +113,11 @@ pub struct UpstreamConfig {
     pub allow_plain_http: bool,
     /// HTTP/2 to Prime only after Prime has agreed to it.
     pub http2: bool,
+    /// A streamed response body that brings no bytes for this long is ended: the client sees
+    /// a broken response and the upstream connection is discarded.
+    pub body_idle_timeout_ms: u64,
+    /// Static headers added to every upstream attempt, and signed.
+    pub headers: BTreeMap<String, String>,
 }
 
 /// `[regions.<key>]`: one Prime region.
@@ -251,6 +260,7 @@ impl Default for ListenerConfig {
             max_headers: 100,
             max_connections: 4096,
             max_in_flight: 1024,
+            max_buffered_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -266,6 +276,8 @@ impl Default for UpstreamConfig {
             pool_max_idle_per_host: 256,
             allow_plain_http: false,
             http2: false,
+            body_idle_timeout_ms: 10_000,
+            headers: BTreeMap::new(),
         }
     }
 }
@@ -393,6 +405,12 @@ impl Config {
         }
         self.tls.validate()?;
         self.listener.validate()?;
+        if self.max_body_bytes > self.listener.max_buffered_bytes {
+            return Err(invalid(
+                "max_body_bytes",
+                "must not exceed listener.max_buffered_bytes (a body is buffered whole)",
+            ));
+        }
         self.upstream.validate()?;
         self.validate_regions()?;
         if self.signing.service.trim().is_empty() {
@@ -546,6 +564,12 @@ impl ListenerConfig {
         positive("listener.max_headers", self.max_headers as u64)?;
         positive("listener.max_connections", self.max_connections as u64)?;
         positive("listener.max_in_flight", self.max_in_flight as u64)?;
+        if self.max_buffered_bytes < 64 * 1024 {
+            return Err(invalid(
+                "listener.max_buffered_bytes",
+                "must be at least 65536 (64 KiB)",
+            ));
+        }
         Ok(())
     }
 }
@@ -555,7 +579,16 @@ impl UpstreamConfig {
         positive("upstream.connect_timeout_ms", self.connect_timeout_ms)?;
         positive("upstream.attempt_timeout_ms", self.attempt_timeout_ms)?;
         positive("upstream.total_timeout_ms", self.total_timeout_ms)?;
+        positive("upstream.body_idle_timeout_ms", self.body_idle_timeout_ms)?;
+        for (name, value) in &self.headers {
+            let key = format!("upstream.headers.{name}");
+            check_static_header(name, value).map_err(|reason| invalid(key, reason))?;
+        }
         Ok(())
+    }
+
+    pub fn body_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_idle_timeout_ms)
     }
 
     pub fn connect_timeout(&self) -> Duration {
@@ -570,6 +603,43 @@ impl UpstreamConfig {
     pub fn pool_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.pool_idle_timeout_ms)
     }
+}
+
+/// Header names the proxy sets or strips itself: a static header may not replace them.
+const PROXY_OWNED_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "content-length",
+    "content-type",
+    "expect",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// A `[upstream.headers]` entry: a valid header name the proxy does not own, with a value
+/// that can be signed (visible ASCII and spaces).
+fn check_static_header(name: &str, value: &str) -> Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+        return Err(format!("{name:?} is not a header name"));
+    }
+    if PROXY_OWNED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-amz-") {
+        return Err(format!(
+            "{name:?} is set by the proxy itself (host, authorization, framing and x-amz-* headers cannot be configured)"
+        ));
+    }
+    if value.is_empty() || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(format!(
+            "the value of {name:?} must be non-empty visible ASCII (it is signed)"
+        ));
+    }
+    Ok(())
 }
 
 impl RetryConfig {
@@ -809,6 +879,31 @@ mod tests {
             ),
             ("[signing]\nservice = \"\"", "signing.service"),
             ("max_body_bytes = 0", "max_body_bytes"),
+            (
+                "[upstream.headers]\n\"x-amz-date\" = \"1\"",
+                "upstream.headers.x-amz-date",
+            ),
+            (
+                "[upstream.headers]\nHost = \"evil.example\"",
+                "upstream.headers.Host",
+            ),
+            (
+                "[upstream.headers]\nauthorization = \"x\"",
+                "upstream.headers.authorization",
+            ),
+            (
+                "[upstream.headers]\n\"bad name\" = \"x\"",
+                "upstream.headers.bad name",
+            ),
+            (
+                "[upstream.headers]\n\"x-ok\" = \"caf\u{e9}\"",
+                "upstream.headers.x-ok",
+            ),
+            (
+                "[listener]\nmax_buffered_bytes = 1024",
+                "listener.max_buffered_bytes",
+            ),
+            ("max_body_bytes = 200000000", "max_body_bytes"),
         ];
         for (toml, key) in cases {
             let message = refused(toml);

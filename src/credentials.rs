@@ -17,7 +17,7 @@ use aws_types::region::Region;
 use tokio::sync::watch;
 
 use crate::config::CredentialsConfig;
-use crate::error::error_chain;
+use crate::error_chain::error_chain;
 use crate::sign::{SignError, SigningIdentity};
 
 /// Refresh this long before expiry when credentials live long enough (the SDKs use 5 min).

@@ -6,17 +6,21 @@
 //! streams the answer back.
 //!
 //! The modules follow a request: [`config`] → [`listener`] → [`route`] → [`prepare`] →
-//! [`limit`] → [`sign`] → [`upstream`] → [`respond`], orchestrated by [`proxy`]; beside them
-//! [`credentials`], [`admin`] (with [`metrics`]), [`tls`] and [`error`].
+//! [`limit`] → [`sign`] → [`upstream`] → [`respond`], orchestrated by [`proxy`] and logged
+//! once by [`access_log`]; beside them [`credentials`], [`memory`] (the budget for buffered
+//! bodies), [`admin`] (with [`metrics`]), [`tls`], [`error`] and the leaf [`error_chain`].
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod error_chain;
 pub mod limit;
 pub mod listener;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod prepare;
 pub mod proxy;
@@ -37,6 +41,8 @@ use tokio::sync::watch;
 use crate::admin::AdminState;
 use crate::config::Config;
 use crate::credentials::CredentialStore;
+use crate::limit::RateLimiter;
+use crate::memory::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::route::MarketplaceTable;
@@ -90,7 +96,17 @@ pub async fn run_with(
     let metrics = Arc::new(Metrics::new());
     let credentials = CredentialStore::new();
     let table = MarketplaceTable::new(&config.regions).map_err(StartError::Regions)?;
-    let client = upstream::client::build(&config.upstream)?;
+    let limiter = Arc::new(RateLimiter::new(&config.rate_limit));
+    let memory = MemoryBudget::new(config.listener.max_buffered_bytes);
+    // One upstream stack per region, built once with the table.
+    let upstream = Upstream::new(
+        &config,
+        &table,
+        Arc::clone(&credentials),
+        limiter,
+        memory,
+        &metrics,
+    )?;
     let tls = if config.tls.enabled() {
         Some(tls::acceptor(&config.tls)?)
     } else {
@@ -115,12 +131,6 @@ pub async fn run_with(
         acceptor
     });
 
-    let upstream = Upstream::new(
-        &config,
-        client,
-        Arc::clone(&credentials),
-        Arc::clone(&metrics),
-    );
     let proxy = Arc::new(Proxy::new(&config, table, upstream, Arc::clone(&metrics)));
     let admin = AdminState::new(Arc::clone(&credentials), Arc::clone(&metrics));
 

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerConfig;
-use crate::upstream::ResponseBody;
+use crate::respond::ClientBody;
 
 /// Builds the HTTP server half shared by every connection of one listener.
 pub fn http_builder(limits: &ListenerConfig) -> auto::Builder<TokioExecutor> {
@@ -70,7 +70,7 @@ pub async fn serve<H, F>(
     mut shutdown: watch::Receiver<bool>,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ResponseBody>> + Send + 'static,
+    F: Future<Output = Response<ClientBody>> + Send + 'static,
 {
     let ServeOptions {
         tls,

@@ -1,7 +1,7 @@
 //! The Prometheus series the admin listener serves (names and labels are part of the SPEC).
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -30,6 +30,21 @@ pub struct RegionLabels {
     pub region: Arc<str>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    pub region: Arc<str>,
+    pub kind: &'static str,
+}
+
+/// The `outcome` labels of `prime_proxy_upstream_attempts_total`.
+pub const ATTEMPT_OUTCOMES: [&str; 5] = [
+    "response",
+    "retryable_status",
+    "connect_error",
+    "connection_closed",
+    "timeout",
+];
+
 /// Latency buckets: Prime's server-side P99 is about 140 ms; the proxy adds well under 1 ms.
 #[derive(Clone)]
 pub struct DurationBuckets;
@@ -51,10 +66,12 @@ pub struct Metrics {
     pub retries: Family<RegionLabels, Counter>,
     pub request_duration: Family<RegionLabels, Histogram, DurationBuckets>,
     pub rate_limited: Counter,
-    pub retry_budget_exhausted: Counter,
-    pub retry_budget_tokens: Gauge,
+    pub retry_budget_exhausted: Family<RegionLabels, Counter>,
+    pub retry_budget_tokens: Family<RegionLabels, Gauge>,
     pub in_flight: Gauge,
-    pub upstream_connections: Gauge,
+    pub upstream_connections: Family<RegionLabels, Gauge>,
+    pub upstream_auth_failures: Family<AuthFailureLabels, Counter>,
+    pub buffered_bytes: Gauge,
     pub credentials_expiry: Gauge<f64, AtomicU64>,
     pub clock_offset: Gauge<f64, AtomicU64>,
 }
@@ -74,10 +91,12 @@ impl Metrics {
             retries: Family::default(),
             request_duration: Family::new_with_constructor(DurationBuckets),
             rate_limited: Counter::default(),
-            retry_budget_exhausted: Counter::default(),
-            retry_budget_tokens: Gauge::default(),
+            retry_budget_exhausted: Family::default(),
+            retry_budget_tokens: Family::default(),
             in_flight: Gauge::default(),
-            upstream_connections: Gauge::default(),
+            upstream_connections: Family::default(),
+            upstream_auth_failures: Family::default(),
+            buffered_bytes: Gauge::default(),
             credentials_expiry: Gauge::default(),
             clock_offset: Gauge::default(),
             registry: Registry::default(),
@@ -109,12 +128,12 @@ impl Metrics {
         );
         registry.register(
             "retry_budget_exhausted",
-            "Retries not made because the shared retry budget was empty",
+            "Retries not made because the region's retry budget was empty",
             metrics.retry_budget_exhausted.clone(),
         );
         registry.register(
             "retry_budget_tokens",
-            "Tokens left in the shared retry budget",
+            "Tokens left in the region's retry budget",
             metrics.retry_budget_tokens.clone(),
         );
         registry.register(
@@ -124,8 +143,18 @@ impl Metrics {
         );
         registry.register(
             "upstream_connections",
-            "Open TLS connections to Prime endpoints",
+            "Open TLS connections to the region's Prime endpoint",
             metrics.upstream_connections.clone(),
+        );
+        registry.register(
+            "upstream_auth_failures",
+            "Prime's 403 answers, by region and the kind Prime names in x-amzn-ErrorType",
+            metrics.upstream_auth_failures.clone(),
+        );
+        registry.register(
+            "buffered_body_bytes",
+            "Bytes of request and response bodies held against listener.max_buffered_bytes",
+            metrics.buffered_bytes.clone(),
         );
         registry.register(
             "credentials_expiry_seconds",
@@ -148,6 +177,96 @@ impl Metrics {
         let mut text = String::with_capacity(4096);
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+}
+
+/// One region's series, resolved once at start so the request path increments a counter
+/// instead of hashing a label set under the family's lock.
+#[derive(Debug)]
+pub struct RegionMetrics {
+    pub region: Arc<str>,
+    requests: Family<RequestLabels, Counter>,
+    /// `prime_proxy_requests_total` by status code, resolved on first use.
+    by_status: Box<[OnceLock<Counter>]>,
+    pub duration: Histogram,
+    attempts: [Counter; ATTEMPT_OUTCOMES.len()],
+    pub retries: Counter,
+    pub budget_exhausted: Counter,
+    pub budget_tokens: Gauge,
+    pub connections: Gauge,
+    auth_failures: Family<AuthFailureLabels, Counter>,
+}
+
+impl RegionMetrics {
+    /// The handles of region `region` (or [`NO_REGION`]).
+    pub fn new(metrics: &Metrics, region: &Arc<str>) -> Self {
+        let labels = RegionLabels {
+            region: Arc::clone(region),
+        };
+        let attempts = ATTEMPT_OUTCOMES.map(|outcome| {
+            metrics
+                .upstream_attempts
+                .get_or_create(&AttemptLabels {
+                    region: Arc::clone(region),
+                    outcome,
+                })
+                .clone()
+        });
+        Self {
+            region: Arc::clone(region),
+            requests: metrics.requests.clone(),
+            by_status: (0..600).map(|_| OnceLock::new()).collect(),
+            duration: metrics.request_duration.get_or_create(&labels).clone(),
+            attempts,
+            retries: metrics.retries.get_or_create(&labels).clone(),
+            budget_exhausted: metrics
+                .retry_budget_exhausted
+                .get_or_create(&labels)
+                .clone(),
+            budget_tokens: metrics.retry_budget_tokens.get_or_create(&labels).clone(),
+            connections: metrics.upstream_connections.get_or_create(&labels).clone(),
+            auth_failures: metrics.upstream_auth_failures.clone(),
+        }
+    }
+
+    /// Counts one answered request with `status`.
+    pub fn request(&self, status: u16) {
+        match self.by_status.get(usize::from(status)) {
+            Some(slot) => slot
+                .get_or_init(|| {
+                    self.requests
+                        .get_or_create(&RequestLabels {
+                            region: Arc::clone(&self.region),
+                            status,
+                        })
+                        .clone()
+                })
+                .inc(),
+            None => self
+                .requests
+                .get_or_create(&RequestLabels {
+                    region: Arc::clone(&self.region),
+                    status,
+                })
+                .inc(),
+        };
+    }
+
+    /// Counts one upstream attempt by its outcome label (one of [`ATTEMPT_OUTCOMES`]).
+    pub fn attempt(&self, outcome: &'static str) {
+        if let Some(i) = ATTEMPT_OUTCOMES.iter().position(|known| *known == outcome) {
+            self.attempts[i].inc();
+        }
+    }
+
+    /// Counts one 403 from Prime of `kind`.
+    pub fn auth_failure(&self, kind: &'static str) {
+        self.auth_failures
+            .get_or_create(&AuthFailureLabels {
+                region: Arc::clone(&self.region),
+                kind,
+            })
+            .inc();
     }
 }
 

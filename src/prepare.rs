@@ -10,11 +10,13 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri, Version};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
+
+use crate::memory::{MemoryBudget, OverBudget, Reservation};
 
 /// The request id header: kept from the client, else created; echoed on the response.
 pub static X_AMZ_REQUEST_ID: HeaderName = HeaderName::from_static("x-amz-request-id");
@@ -70,6 +72,21 @@ pub enum PrepareError {
     BodyTimeout,
     #[error("header {0} has a value the proxy cannot forward")]
     BadHeader(&'static str),
+    #[error("the request has both Content-Length and Transfer-Encoding: its framing is ambiguous")]
+    AmbiguousFraming,
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
+}
+
+/// Refuses a request whose body length is ambiguous (RFC 9112 §6.3: a proxy must not forward
+/// it as it is; Envoy refuses it too), the classic request-smuggling shape.
+pub fn check_framing(headers: &HeaderMap) -> Result<(), PrepareError> {
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(PrepareError::AmbiguousFraming);
+    }
+    Ok(())
 }
 
 /// Refuses what a reverse proxy must not forward: CONNECT, absolute-form and
@@ -220,6 +237,9 @@ pub fn new_request_id() -> HeaderValue {
 
 /// Removes the hop-by-hop headers, including those a `Connection` header names
 /// (`Connection: close, x-foo` makes `x-foo` hop-by-hop too). Used in both directions.
+///
+/// `Connection` cannot make the routing and request-id headers hop-by-hop: the proxy itself
+/// reads them, and Prime must receive what was routed and signed.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -228,6 +248,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| *name != X_AMZ_MARKETPLACE && *name != X_AMZ_REQUEST_ID)
             .collect();
         for name in &named {
             headers.remove(name);
@@ -259,6 +280,13 @@ pub fn forward_headers(
     headers
 }
 
+/// Adds `[upstream.headers]`: they replace a client header of the same name.
+pub fn add_static_headers(headers: &mut HeaderMap, statics: &HeaderMap) {
+    for (name, value) in statics {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
 /// Client headers that are signed must be visible ASCII (SigV4 signs text): refused here
 /// rather than forwarded unsigned or failing later.
 pub fn check_signed_headers(headers: &HeaderMap) -> Result<(), PrepareError> {
@@ -271,13 +299,16 @@ pub fn check_signed_headers(headers: &HeaderMap) -> Result<(), PrepareError> {
 }
 
 /// Reads the whole request body, refusing more than `limit` bytes: it is hashed for the
-/// signature and replayed on retries.
+/// signature and replayed on retries. The bytes are held against `budget` (the returned
+/// reservation); a body that does not fit is read and discarded (so the client can read the
+/// answer on a connection in a clean state) and refused with [`PrepareError::OverBudget`].
 pub async fn read_body<B>(
     body: B,
     headers: &HeaderMap,
     limit: u64,
     timeout: Duration,
-) -> Result<Bytes, PrepareError>
+    budget: &MemoryBudget,
+) -> Result<(Bytes, Reservation), PrepareError>
 where
     B: Body,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -290,17 +321,81 @@ where
         return Err(PrepareError::BodyTooLarge { limit });
     }
     if declared == Some(0) || body.is_end_stream() {
-        return Ok(Bytes::new());
+        return Ok((Bytes::new(), Reservation::none()));
     }
-    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    let collected = tokio::time::timeout(timeout, Limited::new(body, cap).collect())
+    tokio::time::timeout(timeout, collect_within(body, declared, limit, budget))
         .await
-        .map_err(|_| PrepareError::BodyTimeout)?;
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(PrepareError::BodyTooLarge { limit }),
-        Err(e) => Err(PrepareError::BodyRead(e.to_string())),
+        .map_err(|_| PrepareError::BodyTimeout)?
+}
+
+/// The body's bytes, reserved against the budget up front when the length is declared, else
+/// chunk by chunk.
+async fn collect_within<B>(
+    body: B,
+    declared: Option<u64>,
+    limit: u64,
+    budget: &MemoryBudget,
+) -> Result<(Bytes, Reservation), PrepareError>
+where
+    B: Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut body = std::pin::pin!(body);
+    let mut reservation = match declared.map(|len| budget.try_reserve(len)) {
+        Some(Ok(reservation)) => reservation,
+        Some(Err(over)) => return Err(drain(body, limit, over).await),
+        None => Reservation::none(),
+    };
+    let capacity = usize::try_from(declared.unwrap_or(0)).unwrap_or(0);
+    let mut buffer = bytes::BytesMut::with_capacity(capacity);
+    let mut first: Option<Bytes> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| PrepareError::BodyRead(e.to_string()))?;
+        let Ok(mut data) = frame.into_data() else {
+            continue; // trailers: not forwarded
+        };
+        // hyper's bodies hand out `Bytes`: this is a reference count, not a copy.
+        let data = data.copy_to_bytes(data.remaining());
+        let had = buffer.len() + first.as_ref().map_or(0, Bytes::len);
+        let total = had as u64 + data.len() as u64;
+        if total > limit {
+            return Err(PrepareError::BodyTooLarge { limit });
+        }
+        if declared.is_none() {
+            if let Err(over) = budget.try_grow(&mut reservation, data.len() as u64) {
+                drop(reservation);
+                return Err(drain(body, limit.saturating_sub(total), over).await);
+            }
+        }
+        // A body that arrives as one frame is kept as it is: no copy.
+        match first.take() {
+            None if buffer.is_empty() => first = Some(data),
+            None => buffer.extend_from_slice(&data),
+            Some(earlier) => {
+                buffer.extend_from_slice(&earlier);
+                buffer.extend_from_slice(&data);
+            }
+        }
     }
+    let bytes = first.unwrap_or_else(|| buffer.freeze());
+    Ok((bytes, reservation))
+}
+
+/// Reads and discards up to `limit` more bytes of a refused body, then gives the refusal.
+async fn drain<B>(mut body: std::pin::Pin<&mut B>, limit: u64, over: OverBudget) -> PrepareError
+where
+    B: Body,
+{
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            seen += data.remaining() as u64;
+            if seen > limit {
+                break;
+            }
+        }
+    }
+    PrepareError::OverBudget(over)
 }
 
 /// The upstream URI: the region's origin, the client's path as sent, the canonical query.
@@ -518,23 +613,124 @@ mod tests {
     #[tokio::test]
     async fn bodies_over_the_limit_are_refused_before_or_while_reading() {
         use http_body_util::Full;
+        let budget = MemoryBudget::new(1 << 20);
         let mut headers = HeaderMap::new();
         let timeout = Duration::from_secs(5);
         let body = Full::new(Bytes::from_static(b"0123456789"));
-        assert_eq!(
-            read_body(body.clone(), &headers, 10, timeout)
-                .await
-                .unwrap(),
-            "0123456789"
-        );
+        let (bytes, _held) = read_body(body.clone(), &headers, 10, timeout, &budget)
+            .await
+            .unwrap();
+        assert_eq!(bytes, "0123456789");
         assert!(matches!(
-            read_body(body.clone(), &headers, 9, timeout).await,
+            read_body(body.clone(), &headers, 9, timeout, &budget).await,
             Err(PrepareError::BodyTooLarge { limit: 9 })
         ));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("1000"));
         assert!(matches!(
-            read_body(body, &headers, 100, timeout).await,
+            read_body(body, &headers, 100, timeout, &budget).await,
             Err(PrepareError::BodyTooLarge { limit: 100 })
         ));
+    }
+
+    /// A body of `chunks` frames of `size` bytes each (frame `i` is all `i`), as a chunked
+    /// upload arrives.
+    fn chunked(chunks: u8, size: usize) -> Chunks {
+        Chunks {
+            next: 0,
+            chunks,
+            size,
+        }
+    }
+
+    struct Chunks {
+        next: u8,
+        chunks: u8,
+        size: usize,
+    }
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+            if self.next == self.chunks {
+                return std::task::Poll::Ready(None);
+            }
+            let frame = http_body::Frame::data(Bytes::from(vec![self.next; self.size]));
+            self.next += 1;
+            std::task::Poll::Ready(Some(Ok(frame)))
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_are_held_against_the_memory_budget_until_dropped() {
+        let budget = MemoryBudget::new(64 * 1024);
+        let timeout = Duration::from_secs(5);
+        let limit = 1 << 20;
+        // Declared length: reserved up front, refused at once when it does not fit.
+        let mut declared = HeaderMap::new();
+        declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("40960"));
+        let (first, held) = read_body(chunked(10, 4096), &declared, limit, timeout, &budget)
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 40960);
+        assert_eq!(budget.reserved_bytes(), 40960);
+        assert!(matches!(
+            read_body(chunked(10, 4096), &declared, limit, timeout, &budget).await,
+            Err(PrepareError::OverBudget(_))
+        ));
+        // Chunked: reserved as it arrives; the refusal gives back what it had taken.
+        assert!(matches!(
+            read_body(
+                chunked(10, 4096),
+                &HeaderMap::new(),
+                limit,
+                timeout,
+                &budget
+            )
+            .await,
+            Err(PrepareError::OverBudget(_))
+        ));
+        assert_eq!(budget.reserved_bytes(), 40960);
+        drop(held);
+        assert_eq!(budget.reserved_bytes(), 0);
+        let (joined, _held) = read_body(chunked(3, 5), &HeaderMap::new(), limit, timeout, &budget)
+            .await
+            .unwrap();
+        assert_eq!(&joined[..], &[0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2]);
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(check_framing(&headers).is_ok());
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(matches!(
+            check_framing(&headers),
+            Err(PrepareError::AmbiguousFraming)
+        ));
+    }
+
+    #[test]
+    fn connection_cannot_make_routing_headers_hop_by_hop() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-amz-marketplace, X-Amz-Request-Id, x-other"),
+        );
+        headers.insert(&X_AMZ_MARKETPLACE, HeaderValue::from_static("US"));
+        headers.insert(&X_AMZ_REQUEST_ID, HeaderValue::from_static("id-1"));
+        headers.insert("x-other", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers[&X_AMZ_MARKETPLACE], "US");
+        assert_eq!(headers[&X_AMZ_REQUEST_ID], "id-1");
+        assert!(!headers.contains_key("x-other"));
+        assert!(!headers.contains_key(header::CONNECTION));
     }
 }

@@ -1,33 +1,70 @@
-//! One request's journey, stage by stage: route → prepare → limit → sign and forward
-//! (with retries) → respond; plus the per-request log line and metrics.
+//! One request's journey, stage by stage: route → prepare → (limit, sign, forward with
+//! retries, in [`crate::upstream`]) → respond; and its log line, written once when the
+//! request is done ([`crate::access_log`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Body;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::limit::RateLimiter;
-use crate::metrics::{Metrics, RegionLabels, RequestLabels, NO_REGION};
+use crate::metrics::{Metrics, RegionMetrics, NO_REGION};
 use crate::prepare::{self, X_AMZ_MARKETPLACE};
-use crate::respond;
-use crate::route::{MarketplaceTable, Region};
-use crate::upstream::{Forwarded, Outgoing, ResponseBody, Upstream};
+use crate::respond::{self, ClientBody};
+use crate::route::MarketplaceTable;
+use crate::upstream::{Forwarded, Outgoing, Upstream, UpstreamBody};
 
 /// The shared state of the request path.
 pub struct Proxy {
     table: MarketplaceTable,
-    limiter: RateLimiter,
     upstream: Upstream,
     metrics: Arc<Metrics>,
     max_body_bytes: u64,
     body_read_timeout: Duration,
     in_flight: Semaphore,
-    no_region: Arc<str>,
+    /// `[upstream.headers]`, parsed once.
+    static_headers: HeaderMap,
+    /// Metric handles for requests that matched no region.
+    no_region: Arc<RegionMetrics>,
+}
+
+/// A successful upstream exchange: the response, the attempts it took, and a 403's hint.
+type Answer = (Response<UpstreamBody>, u32, Option<&'static str>);
+
+/// Where a request got to: its region's metrics (once routed) and its answer, or the error
+/// the proxy answers itself with the attempts made.
+struct Processed {
+    region: Option<Arc<RegionMetrics>>,
+    result: Result<Answer, (ProxyError, u32)>,
+}
+
+impl Processed {
+    fn failed(region: Option<Arc<RegionMetrics>>, error: ProxyError) -> Self {
+        Self {
+            region,
+            result: Err((error, 0)),
+        }
+    }
+
+    fn forwarded(region: Arc<RegionMetrics>, forwarded: Forwarded) -> Self {
+        let Forwarded {
+            result,
+            attempts,
+            hint,
+        } = forwarded;
+        Self {
+            region: Some(region),
+            result: match result {
+                Ok(response) => Ok((response, attempts, hint)),
+                Err(error) => Err((error.into(), attempts)),
+            },
+        }
+    }
 }
 
 impl Proxy {
@@ -37,15 +74,28 @@ impl Proxy {
         upstream: Upstream,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let static_headers = config
+            .upstream
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    HeaderValue::from_str(value).ok()?,
+                ))
+            })
+            .collect();
+        let no_region = Arc::new(RegionMetrics::new(&metrics, &Arc::from(NO_REGION)));
         Self {
             table,
-            limiter: RateLimiter::new(&config.rate_limit),
             upstream,
             metrics,
             max_body_bytes: config.max_body_bytes,
             body_read_timeout: Duration::from_millis(config.listener.body_read_timeout_ms),
-            in_flight: Semaphore::new(config.listener.max_in_flight),
-            no_region: Arc::from(NO_REGION),
+            // Validated to fit the semaphore at start.
+            in_flight: Semaphore::new(config.listener.max_in_flight.min(Semaphore::MAX_PERMITS)),
+            static_headers,
+            no_region,
         }
     }
 
@@ -54,135 +104,122 @@ impl Proxy {
     }
 
     /// Handles one client request; never fails: errors become the SPEC's JSON responses.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody>
+    ///
+    /// If the client goes away first, this future is dropped: the upstream attempt with it,
+    /// and the request's log line is written by [`AccessLog`]'s drop as 499.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<ClientBody>
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let started = Instant::now();
         let request_id = prepare::request_id(request.headers());
-        let method = request.method().clone();
-        let uri = request.uri().clone();
-        let marketplace = request.headers().get(&X_AMZ_MARKETPLACE).cloned();
-
+        let mut log = AccessLog::start(
+            Instant::now(),
+            request.method().clone(),
+            request.uri().clone(),
+            request.headers().get(&X_AMZ_MARKETPLACE).cloned(),
+            request_id.clone(),
+            Arc::clone(&self.no_region),
+        );
         let _in_flight = InFlight::enter(&self.metrics);
-        let (region, outcome) = match self.in_flight.try_acquire() {
-            Ok(_permit) => self.process(request, &request_id).await,
-            Err(_) => (
-                None,
-                Forwarded {
-                    result: Err(ProxyError::Overloaded),
-                    attempts: 0,
-                },
-            ),
+        let Processed { region, result } = match self.in_flight.try_acquire() {
+            Ok(_permit) => self.process(request, &request_id, &mut log).await,
+            Err(_) => Processed::failed(None, ProxyError::Overloaded),
         };
-        let (response, error_code) = match outcome.result {
-            Ok(response) => (respond::upstream(response, &request_id), None),
-            Err(error) => {
-                if matches!(error, ProxyError::Limit(_)) {
+        if let Some(region) = &region {
+            log.set_region(region);
+        }
+        match result {
+            Ok((response, attempts, hint)) => {
+                log.set_attempts(attempts);
+                log.answered(response.status().as_u16(), None, hint.map(str::to_owned));
+                if ClientBody::is_streamed(response.body()) {
+                    // Written when the body ends, breaks off or is dropped.
+                    respond::upstream(response, &request_id, Some(log))
+                } else {
+                    log.finish();
+                    respond::upstream(response, &request_id, None)
+                }
+            }
+            Err((error, attempts)) => {
+                if error.code() == "rate_limited" {
                     self.metrics.rate_limited.inc();
                 }
-                (
-                    respond::error(&error, &request_id),
-                    Some((error.code(), error.to_string())),
-                )
+                let response = respond::error(&error, &request_id);
+                log.set_attempts(attempts);
+                log.answered(
+                    response.status().as_u16(),
+                    Some(error.code()),
+                    Some(error.to_string()),
+                );
+                log.finish();
+                response
             }
-        };
-
-        let elapsed = started.elapsed();
-        let region_label = region.as_ref().map_or(&self.no_region, |r| &r.key);
-        let status = response.status().as_u16();
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                region: Arc::clone(region_label),
-                status,
-            })
-            .inc();
-        self.metrics
-            .request_duration
-            .get_or_create(&RegionLabels {
-                region: Arc::clone(region_label),
-            })
-            .observe(elapsed.as_secs_f64());
-        // The query is never logged: it carries customerIdentifier (an LWA token).
-        tracing::info!(
-            method = %method,
-            path = uri.path(),
-            marketplace = marketplace.as_ref().and_then(|m| m.to_str().ok()).unwrap_or(""),
-            region = &**region_label,
-            status,
-            attempts = outcome.attempts,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            request_id = request_id.to_str().unwrap_or(""),
-            error = error_code.as_ref().map(|(code, _)| *code),
-            reason = error_code.as_ref().map(|(_, message)| message.as_str()),
-            "request"
-        );
-        response
+        }
     }
 
-    /// The stages that can fail; returns the region when routing succeeded (for metrics).
+    /// The stages that can fail.
     async fn process<B>(
         &self,
         request: Request<B>,
         request_id: &HeaderValue,
-    ) -> (Option<Arc<Region>>, Forwarded)
+        log: &mut AccessLog,
+    ) -> Processed
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let fail = |region: Option<Arc<Region>>, error: ProxyError| {
-            (
-                region,
-                Forwarded {
-                    result: Err(error),
-                    attempts: 0,
-                },
-            )
-        };
-        let region = match self.table.route(request.headers().get(&X_AMZ_MARKETPLACE)) {
+        let fail = Processed::failed;
+        let region = match self.table.route(request.headers()) {
             Ok(region) => Arc::clone(region),
             Err(e) => return fail(None, e.into()),
         };
+        let metrics = self.upstream.region(&region).map_or_else(
+            || Arc::clone(&self.no_region),
+            |stack| Arc::clone(&stack.metrics),
+        );
+        // A client that goes away from here on is logged under its region.
+        log.set_region(&metrics);
         let (parts, body) = request.into_parts();
         if let Err(e) = prepare::check_target(&parts.method, &parts.uri, parts.version)
+            .and_then(|()| prepare::check_framing(&parts.headers))
             .and_then(|()| prepare::check_signed_headers(&parts.headers))
         {
-            return fail(Some(region), e.into());
+            return fail(Some(metrics), e.into());
         }
         let query = match prepare::normalize_query(parts.uri.query().unwrap_or_default()) {
             Ok(query) => query,
-            Err(e) => return fail(Some(region), e.into()),
+            Err(e) => return fail(Some(metrics), e.into()),
         };
         let uri = match prepare::upstream_uri(&region.origin, parts.uri.path(), &query) {
             Ok(uri) => uri,
-            Err(e) => return fail(Some(region), e.into()),
+            Err(e) => return fail(Some(metrics), e.into()),
         };
-        let body = match prepare::read_body(
+        let (body, held) = match prepare::read_body(
             body,
             &parts.headers,
             self.max_body_bytes,
             self.body_read_timeout,
+            self.upstream.memory(),
         )
         .await
         {
             Ok(body) => body,
-            Err(e) => return fail(Some(region), e.into()),
+            Err(e) => return fail(Some(metrics), e.into()),
         };
-        if let Err(e) = self.limiter.acquire(&parts.method, parts.uri.path()).await {
-            return fail(Some(region), e.into());
-        }
-        let headers = prepare::forward_headers(parts.headers, &region.host, request_id, body.len());
+        let mut headers =
+            prepare::forward_headers(parts.headers, &region.host, request_id, body.len());
+        prepare::add_static_headers(&mut headers, &self.static_headers);
         let outgoing = Outgoing {
             method: parts.method,
             uri,
             headers,
             body,
+            held,
             region: Arc::clone(&region),
         };
         let forwarded = self.upstream.forward(&outgoing).await;
-        (Some(region), forwarded)
+        Processed::forwarded(metrics, forwarded)
     }
 }
 

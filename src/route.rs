@@ -7,13 +7,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::uri::Scheme;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 
 use crate::config::RegionConfig;
 
 /// One Prime region, ready for the request path.
 #[derive(Debug)]
 pub struct Region {
+    /// Position in the table's region list: the index of this region's upstream stack.
+    pub index: usize,
     /// The configuration's key (`na`, `eu`, `fe`, …), used as the metrics label.
     pub key: Arc<str>,
     /// The `Host` header sent upstream and signed: the authority without a default port.
@@ -30,6 +32,10 @@ pub enum RouteError {
     MissingMarketplace,
     #[error("marketplace {marketplace:?} is not served by any configured region")]
     UnknownMarketplace { marketplace: String },
+    #[error("send exactly one x-amz-marketplace header (this request has {count})")]
+    SeveralMarketplaces { count: usize },
+    #[error("the x-amz-marketplace header is not visible ASCII")]
+    BadMarketplace,
 }
 
 /// The marketplaces of every configured region.
@@ -38,6 +44,7 @@ pub struct MarketplaceTable {
     /// (upper-case marketplace code, region). Seventeen entries by default: a linear scan
     /// with a case-insensitive compare beats hashing an upper-cased copy.
     entries: Vec<(String, Arc<Region>)>,
+    regions: Vec<Arc<Region>>,
 }
 
 impl MarketplaceTable {
@@ -48,8 +55,9 @@ impl MarketplaceTable {
     pub fn new(regions: &BTreeMap<String, RegionConfig>) -> Result<Self, String> {
         let mut table = MarketplaceTable {
             entries: Vec::new(),
+            regions: Vec::new(),
         };
-        for (key, config) in regions {
+        for (index, (key, config)) in regions.iter().enumerate() {
             let uri: http::Uri = config
                 .endpoint
                 .parse()
@@ -70,6 +78,7 @@ impl MarketplaceTable {
             let host = HeaderValue::from_str(&host)
                 .map_err(|e| format!("regions.{key}.endpoint host: {e}"))?;
             let region = Arc::new(Region {
+                index,
                 key: Arc::from(key.as_str()),
                 origin: format!("{scheme}://{authority}"),
                 host,
@@ -80,13 +89,44 @@ impl MarketplaceTable {
                     .entries
                     .push((marketplace.trim().to_ascii_uppercase(), Arc::clone(&region)));
             }
+            table.regions.push(region);
         }
         Ok(table)
     }
 
-    /// The region for the `x-amz-marketplace` header value, in any letter case.
-    pub fn route(&self, marketplace: Option<&HeaderValue>) -> Result<&Arc<Region>, RouteError> {
+    /// Every region, in index order (one upstream stack is built for each).
+    pub fn regions(&self) -> &[Arc<Region>] {
+        &self.regions
+    }
+
+    /// The region for the request's one `x-amz-marketplace` header, in any letter case.
+    ///
+    /// Two or more headers, even equal ones, are refused: Prime would receive a signature
+    /// over the joined values while the proxy routed by one of them.
+    pub fn route(&self, headers: &HeaderMap) -> Result<&Arc<Region>, RouteError> {
+        let mut values = headers
+            .get_all(crate::prepare::X_AMZ_MARKETPLACE.clone())
+            .iter();
+        let first = values.next();
+        let more = values.count();
+        if more > 0 {
+            return Err(RouteError::SeveralMarketplaces { count: more + 1 });
+        }
+        self.route_value(first)
+    }
+
+    /// The region for one `x-amz-marketplace` value.
+    pub fn route_value(
+        &self,
+        marketplace: Option<&HeaderValue>,
+    ) -> Result<&Arc<Region>, RouteError> {
         let raw = marketplace.map(HeaderValue::as_bytes).unwrap_or_default();
+        if !raw
+            .iter()
+            .all(|&b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+        {
+            return Err(RouteError::BadMarketplace);
+        }
         let code = raw.trim_ascii();
         if code.is_empty() {
             return Err(RouteError::MissingMarketplace);
@@ -145,7 +185,7 @@ mod tests {
                     format!(" {} ", code[..1].to_lowercase() + &code[1..]),
                 ] {
                     let region = table
-                        .route(Some(&HeaderValue::from_str(&spelling).unwrap()))
+                        .route_value(Some(&HeaderValue::from_str(&spelling).unwrap()))
                         .unwrap();
                     assert_eq!(&*region.key, key, "{spelling}");
                     assert_eq!(region.host, host);
@@ -162,20 +202,46 @@ mod tests {
     fn missing_empty_and_unknown_marketplaces_are_refused() {
         let table = table();
         assert!(matches!(
-            table.route(None),
+            table.route_value(None),
             Err(RouteError::MissingMarketplace)
         ));
         assert!(matches!(
-            table.route(Some(&HeaderValue::from_static("  "))),
+            table.route_value(Some(&HeaderValue::from_static("  "))),
             Err(RouteError::MissingMarketplace)
         ));
         assert!(matches!(
-            table.route(Some(&HeaderValue::from_static("GB"))),
+            table.route_value(Some(&HeaderValue::from_static("GB"))),
             Err(RouteError::UnknownMarketplace { .. })
         ));
         assert!(matches!(
-            table.route(Some(&HeaderValue::from_static("USA"))),
+            table.route_value(Some(&HeaderValue::from_static("USA"))),
             Err(RouteError::UnknownMarketplace { .. })
+        ));
+    }
+
+    #[test]
+    fn exactly_one_visible_ascii_marketplace_header_is_accepted() {
+        let table = table();
+        let mut headers = HeaderMap::new();
+        headers.append("x-amz-marketplace", HeaderValue::from_static("US"));
+        assert_eq!(&*table.route(&headers).unwrap().key, "na");
+        headers.append("x-amz-marketplace", HeaderValue::from_static("US"));
+        assert!(matches!(
+            table.route(&headers),
+            Err(RouteError::SeveralMarketplaces { count: 2 })
+        ));
+        let mut latin1 = HeaderMap::new();
+        latin1.append(
+            "x-amz-marketplace",
+            HeaderValue::from_bytes(b"D\xc9").unwrap(),
+        );
+        assert!(matches!(
+            table.route(&latin1),
+            Err(RouteError::BadMarketplace)
+        ));
+        assert!(matches!(
+            table.route(&HeaderMap::new()),
+            Err(RouteError::MissingMarketplace)
         ));
     }
 
@@ -186,7 +252,9 @@ mod tests {
         )
         .unwrap();
         let table = MarketplaceTable::new(&config.regions).unwrap();
-        let region = table.route(Some(&HeaderValue::from_static("us"))).unwrap();
+        let region = table
+            .route_value(Some(&HeaderValue::from_static("us")))
+            .unwrap();
         assert_eq!(region.host, "127.0.0.1:8443");
         assert_eq!(region.origin, "http://127.0.0.1:8443");
         // [regions.na] with only `endpoint` keeps the built-in signing region and marketplaces.
@@ -196,7 +264,7 @@ mod tests {
         let table = MarketplaceTable::new(&explicit.regions).unwrap();
         assert_eq!(
             table
-                .route(Some(&HeaderValue::from_static("MX")))
+                .route_value(Some(&HeaderValue::from_static("MX")))
                 .unwrap()
                 .host,
             "x.example"

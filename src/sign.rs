@@ -151,6 +151,27 @@ fn signed_header_names() -> [&'static HeaderName; 7] {
     ]
 }
 
+/// The names of the headers that are signed when present, in canonical (sorted) order: the
+/// fixed set above plus the configured `[upstream.headers]`. Built once at start.
+#[derive(Debug, Clone)]
+pub struct SignedHeaders(Vec<HeaderName>);
+
+impl SignedHeaders {
+    /// The fixed set only.
+    pub fn standard() -> Self {
+        Self::with_static(std::iter::empty())
+    }
+
+    /// The fixed set plus `extra` names.
+    pub fn with_static<'a>(extra: impl IntoIterator<Item = &'a HeaderName>) -> Self {
+        let mut names: Vec<HeaderName> = signed_header_names().into_iter().cloned().collect();
+        names.extend(extra.into_iter().cloned());
+        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        Self(names)
+    }
+}
+
 /// Signs the request in place: sets `x-amz-date`, `x-amz-content-sha256`, with temporary
 /// credentials `x-amz-security-token`, and `authorization`.
 ///
@@ -164,6 +185,23 @@ pub fn sign_request(
     identity: &SigningIdentity,
     scope: SigningScope<'_>,
     time: SystemTime,
+) -> Result<(), SignError> {
+    static STANDARD: std::sync::OnceLock<SignedHeaders> = std::sync::OnceLock::new();
+    let signed = STANDARD.get_or_init(SignedHeaders::standard);
+    sign_request_with(method, uri, headers, body, identity, scope, time, signed)
+}
+
+/// [`sign_request`], signing the headers of `signed` that are present.
+#[allow(clippy::too_many_arguments)] // the request's parts, as the signer needs them
+pub fn sign_request_with(
+    method: &Method,
+    uri: &Uri,
+    headers: &mut HeaderMap,
+    body: &[u8],
+    identity: &SigningIdentity,
+    scope: SigningScope<'_>,
+    time: SystemTime,
+    signed: &SignedHeaders,
 ) -> Result<(), SignError> {
     let amz_date = AmzDate::new(time)?;
     let payload_hash = hex(digest::digest(&digest::SHA256, body).as_ref());
@@ -184,7 +222,7 @@ pub fn sign_request(
     canonical.push_str(uri.query().unwrap_or_default());
     canonical.push('\n');
     let mut signed_headers = String::with_capacity(128);
-    for name in signed_header_names() {
+    for name in &signed.0 {
         let mut values = headers.get_all(name).iter().peekable();
         if values.peek().is_none() {
             continue;

@@ -645,7 +645,9 @@ async fn concurrent_keep_alive_clients_need_no_more_upstream_connections_than_th
     let metrics = get(&client(), &format!("http://{}/metrics", proxy.admin), &[]).await;
     let text = String::from_utf8(metrics.body.to_vec()).unwrap();
     assert!(
-        text.contains(&format!("prime_proxy_upstream_connections {opened}")),
+        text.contains(&format!(
+            "prime_proxy_upstream_connections{{region=\"na\"}} {opened}"
+        )),
         "{text}"
     );
     proxy.stop().await;

@@ -319,10 +319,13 @@ async fn an_empty_retry_budget_fails_fast_instead_of_retrying() {
     assert_eq!(upstream.count(), 4);
     let text = metrics(&proxy).await;
     assert!(
-        text.contains("prime_proxy_retry_budget_exhausted_total 1"),
+        text.contains("prime_proxy_retry_budget_exhausted_total{region=\"na\"} 1"),
         "{text}"
     );
-    assert!(text.contains("prime_proxy_retry_budget_tokens 0"), "{text}");
+    assert!(
+        text.contains("prime_proxy_retry_budget_tokens{region=\"na\"} 0"),
+        "{text}"
+    );
     proxy.stop().await;
 }
 

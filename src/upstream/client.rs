@@ -1,5 +1,7 @@
-//! The one shared upstream client: hyper-util's pooled client over rustls, trusting the
-//! system roots plus `upstream.ca_file`, HTTP/1.1 unless `upstream.http2`.
+//! One region's upstream client: hyper-util's pooled client over rustls, trusting the
+//! system roots plus `upstream.ca_file`, HTTP/1.1 unless `upstream.http2`. Each region has
+//! its own client, pool and connection gate: traffic to one endpoint never waits for, or
+//! shares connections with, another.
 
 use std::sync::Arc;
 
@@ -61,17 +63,23 @@ fn root_store(config: &UpstreamConfig) -> Result<RootCertStore, ClientError> {
     Ok(roots)
 }
 
-/// Builds the client and the gate that keeps its connection count at what requests need.
-/// TLS verification is always on: there is no switch to turn it off.
-pub fn build(
-    config: &UpstreamConfig,
-) -> Result<(UpstreamClient, Arc<ConnectionGate>), ClientError> {
+/// The TLS settings every region's client shares: built once (loading the system roots is
+/// slow). Verification is always on: there is no switch to turn it off.
+pub fn tls_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|_| ClientError::NoRoots)?
         .with_root_certificates(root_store(config)?)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+/// One region's client, and the gate that keeps its connection count at what that region's
+/// requests need.
+pub fn build(
+    config: &UpstreamConfig,
+    tls: rustls::ClientConfig,
+) -> (UpstreamClient, Arc<ConnectionGate>) {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -88,8 +96,10 @@ pub fn build(
     } else {
         builder.https_only()
     };
+    // With `upstream.http2` Prime has agreed to HTTP/2: offer only `h2`, and let the pool
+    // know, so that concurrent first requests share one connection instead of each dialling.
     let connector = if config.http2 {
-        builder.enable_http1().enable_http2().wrap_connector(http)
+        builder.enable_http2().wrap_connector(http)
     } else {
         builder.enable_http1().wrap_connector(http)
     };
@@ -98,9 +108,9 @@ pub fn build(
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(config.pool_idle_timeout())
         .pool_max_idle_per_host(config.pool_max_idle_per_host)
-        .http2_only(false);
+        .http2_only(config.http2);
     if config.http2 {
         client.timer(TokioTimer::new());
     }
-    Ok((client.build(connector), gate))
+    (client.build(connector), gate)
 }

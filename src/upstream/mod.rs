@@ -1,78 +1,54 @@
-//! Forwarding to Prime: each attempt signed afresh on the shared pooled TLS client, retried
-//! per [`retry::RetryPolicy`] within the attempt and total timeouts and the retry budget.
+//! Forwarding to Prime: one [`RegionUpstream`] stack per region (client, connection gate,
+//! retry budget, metric handles), and the retry loop that carries out what
+//! [`retry::RetryPolicy`] decides: every attempt takes a rate-limit permit, is signed afresh
+//! and runs within the attempt and total timeouts.
 
+pub mod auth_failure;
+pub mod body;
 pub mod client;
 pub mod clock;
 pub mod gate;
+pub mod region;
 pub mod retry;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, CONTENT_LENGTH, DATE, RETRY_AFTER};
+use http::header::{HeaderMap, DATE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::credentials::{CredentialStore, CredentialsError, HeldCredentials};
-use crate::error::{error_chain, ProxyError};
-use crate::metrics::{AttemptLabels, Metrics, RegionLabels};
-use crate::route::Region;
-use crate::sign::{self, SignError, SigningScope};
-use client::UpstreamClient;
+use crate::limit::{LimitError, RateLimiter};
+use crate::memory::{MemoryBudget, Reservation};
+use crate::metrics::{Metrics, RegionMetrics};
+use crate::route::{MarketplaceTable, Region};
+use crate::sign::{self, SignError, SignedHeaders, SigningScope};
+pub use body::{StreamError, UpstreamBody};
 use clock::SigningClock;
-use gate::ConnectionGate;
-use retry::{Outcome, RetryBudget, RetryPolicy};
+use region::{AttemptResult, Failure, RegionUpstream};
+use retry::{Decision, Outcome, RetryBudget, RetryPolicy};
 
-/// Response bodies up to this size (by `Content-Length`) are read whole inside the attempt,
-/// so a connection reset mid-body is retried instead of reaching the client as a truncated
-/// response. Larger or chunked bodies are streamed.
-const BUFFER_RESPONSE_UP_TO: u64 = 256 * 1024;
+/// Right after start, the first request may wait this long for the first credentials fetch
+/// (or for a refresh of credentials found expired).
+const CREDENTIALS_WAIT: Duration = Duration::from_secs(5);
 
-/// Right after start, the first request may wait this long for the first credentials fetch.
-const FIRST_FETCH_WAIT: Duration = Duration::from_secs(5);
-
-/// A response body as the client receives it: read whole, or streamed from upstream.
-pub type ResponseBody = Either<Full<Bytes>, StreamedBody>;
-
-/// An upstream body streamed to the client. Its connection stays counted as in demand until
-/// the body is done, so the connection gate lets other requests dial meanwhile.
-#[derive(Debug)]
-pub struct StreamedBody {
-    inner: Incoming,
-    _demand: gate::Demand,
-}
-
-impl http_body::Body for StreamedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// No upstream response could be had.
+/// Why a request got no upstream response to pass through.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("the upstream endpoint could not be reached: {reason}")]
     Unreachable { reason: String },
     #[error("the upstream did not answer in time: {reason}")]
     Timeout { reason: String },
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    #[error(transparent)]
+    RateLimited(#[from] LimitError),
 }
 
 /// A prepared request, ready to be signed and sent (as often as the policy allows).
@@ -82,61 +58,88 @@ pub struct Outgoing {
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The body's bytes held against the memory budget until the request is done.
+    pub held: Reservation,
     pub region: Arc<Region>,
-}
-
-/// One failed attempt.
-struct Failure {
-    outcome: Outcome,
-    reason: String,
 }
 
 /// The result of [`Upstream::forward`]: the response or error, and the attempts it took.
 pub struct Forwarded {
-    pub result: Result<Response<ResponseBody>, ProxyError>,
+    pub result: Result<Response<UpstreamBody>, UpstreamError>,
     pub attempts: u32,
+    /// For a 403 from Prime: the usual cause of its kind, in plain words.
+    pub hint: Option<&'static str>,
 }
 
 /// Everything needed to get a request answered by Prime.
 pub struct Upstream {
-    client: UpstreamClient,
-    gate: Arc<ConnectionGate>,
+    /// Indexed by [`Region::index`].
+    regions: Vec<RegionUpstream>,
     policy: RetryPolicy,
-    budget: RetryBudget,
     clock: SigningClock,
     attempt_timeout: Duration,
     total_timeout: Duration,
+    body_idle_timeout: Duration,
     service: String,
+    signed_headers: SignedHeaders,
     credentials: Arc<CredentialStore>,
-    metrics: Arc<Metrics>,
+    limiter: Arc<RateLimiter>,
+    memory: MemoryBudget,
 }
 
 impl Upstream {
+    /// Builds one stack per region of `table`.
     pub fn new(
         config: &Config,
-        (client, gate): (UpstreamClient, Arc<ConnectionGate>),
+        table: &MarketplaceTable,
         credentials: Arc<CredentialStore>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let budget = RetryBudget::new(&config.retry);
-        metrics.retry_budget_tokens.set(i64::from(budget.tokens()));
-        Self {
-            client,
-            gate,
+        limiter: Arc<RateLimiter>,
+        memory: MemoryBudget,
+        metrics: &Metrics,
+    ) -> Result<Self, client::ClientError> {
+        let tls = client::tls_config(&config.upstream)?;
+        let regions = table
+            .regions()
+            .iter()
+            .map(|region| {
+                let (client, gate) = client::build(&config.upstream, tls.clone());
+                RegionUpstream::new(
+                    client,
+                    gate,
+                    RetryBudget::new(&config.retry),
+                    Arc::new(RegionMetrics::new(metrics, &region.key)),
+                )
+            })
+            .collect();
+        let static_names: Vec<http::HeaderName> = config
+            .upstream
+            .headers
+            .keys()
+            .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        Ok(Self {
+            regions,
             policy: RetryPolicy::new(&config.retry),
-            budget,
             clock: SigningClock::default(),
             attempt_timeout: config.upstream.attempt_timeout(),
             total_timeout: config.upstream.total_timeout(),
+            body_idle_timeout: config.upstream.body_idle_timeout(),
             service: config.signing.service.clone(),
+            signed_headers: SignedHeaders::with_static(&static_names),
             credentials,
-            metrics,
-        }
+            limiter,
+            memory,
+        })
     }
 
-    /// Open upstream connections.
-    pub fn open_connections(&self) -> usize {
-        self.gate.open()
+    /// The stack of `region`.
+    pub fn region(&self, region: &Region) -> Option<&RegionUpstream> {
+        self.regions.get(region.index)
+    }
+
+    /// Every region's stack, in index order.
+    pub fn regions(&self) -> &[RegionUpstream] {
+        &self.regions
     }
 
     /// The signing clock (its offset is exported as a metric).
@@ -144,35 +147,54 @@ impl Upstream {
         &self.clock
     }
 
-    /// Sends the request, retrying what is retryable. Once attempts, budget or time run out,
-    /// the last upstream response is passed through; with none, the last failure is reported.
+    /// The memory budget for buffered bodies.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
+    }
+
+    /// Sends the request, retrying what the policy retries. Every attempt first takes a
+    /// rate-limit permit. Once attempts, budget, permits or time run out, the last upstream
+    /// response is passed through; with none, the last failure is reported.
     pub async fn forward(&self, out: &Outgoing) -> Forwarded {
+        let Some(region) = self.region(&out.region) else {
+            // The table and the stacks are built from the same list: unreachable.
+            let reason = format!("no upstream stack for region {}", out.region.key);
+            return Forwarded {
+                result: Err(UpstreamError::Unreachable { reason }),
+                attempts: 0,
+                hint: None,
+            };
+        };
         let deadline = Instant::now() + self.total_timeout;
+        let mut attempts = 0;
         let mut spent = 0;
-        let mut attempt = 0;
+        // The latest upstream response, and the latest attempt's failure.
+        let mut response: Option<Response<UpstreamBody>> = None;
+        let mut hint = None;
         loop {
-            let held = if attempt == 0 {
-                self.credentials.valid_or_first(FIRST_FETCH_WAIT).await
-            } else {
-                self.credentials
-                    .valid(SystemTime::now())
-                    .ok_or(CredentialsError)
-            };
-            let held = match held {
-                Ok(held) => held,
-                Err(e) => {
-                    return Forwarded {
-                        result: Err(e.into()),
-                        attempts: attempt,
-                    }
-                }
-            };
-            let request = match self.signed_request(out, &held) {
+            let stop =
+                |error: UpstreamError, response: Option<Response<UpstreamBody>>| match response {
+                    Some(response) => Ok(response),
+                    None => Err(error),
+                };
+            if let Err(limited) = self.limiter.acquire(&out.method, out.uri.path()).await {
+                return Forwarded {
+                    result: stop(limited.into(), response),
+                    attempts,
+                    hint,
+                };
+            }
+            let request = match self
+                .credentials_now(attempts)
+                .await
+                .and_then(|held| self.signed_request(out, &held).map_err(UpstreamError::from))
+            {
                 Ok(request) => request,
-                Err(e) => {
+                Err(error) => {
                     return Forwarded {
-                        result: Err(e.into()),
-                        attempts: attempt,
+                        result: stop(error, response),
+                        attempts,
+                        hint,
                     }
                 }
             };
@@ -180,84 +202,104 @@ impl Upstream {
             if remaining.is_zero() {
                 let reason = format!("total timeout of {} ms", self.total_timeout.as_millis());
                 return Forwarded {
-                    result: Err(UpstreamError::Timeout { reason }.into()),
-                    attempts: attempt,
+                    result: stop(UpstreamError::Timeout { reason }, response),
+                    attempts,
+                    hint,
                 };
             }
-            attempt += 1;
-            let result = self
-                .attempt(request, remaining.min(self.attempt_timeout))
+            attempts += 1;
+            let result = region
+                .attempt(
+                    request,
+                    remaining.min(self.attempt_timeout),
+                    &self.memory,
+                    self.body_idle_timeout,
+                )
                 .await;
-            let outcome = match &result {
-                Ok(response) if self.policy.retries_status(response.status()) => {
-                    Outcome::RetryableStatus
+            let outcome = self.outcome(&result);
+            region.metrics.attempt(outcome.label());
+            let retry_after = match &result {
+                Ok(answer) => {
+                    self.learn_clock(answer);
+                    hint = region.explain_forbidden(answer);
+                    answer
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|value| value.to_str().ok())
+                        .and_then(|value| retry::parse_retry_after(value, SystemTime::now()))
                 }
-                Ok(_) => Outcome::Response,
-                Err(failure) => failure.outcome,
+                Err(_) => None,
             };
-            self.metrics
-                .upstream_attempts
-                .get_or_create(&AttemptLabels {
-                    region: Arc::clone(&out.region.key),
-                    outcome: outcome.label(),
-                })
-                .inc();
-            if let Ok(response) = &result {
-                self.learn_clock(response);
-            }
-            if outcome == Outcome::Response {
-                self.budget.on_success(spent);
-                self.metrics
-                    .retry_budget_tokens
-                    .set(i64::from(self.budget.tokens()));
-                return Forwarded {
-                    result: finish(result),
-                    attempts: attempt,
-                };
-            }
-            if attempt >= self.policy.max_attempts {
-                return Forwarded {
-                    result: finish(result),
-                    attempts: attempt,
-                };
-            }
-            let retry_after = result
-                .as_ref()
-                .ok()
-                .and_then(|response| response.headers().get(RETRY_AFTER))
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| retry::parse_retry_after(value, SystemTime::now()));
-            let delay = self.policy.delay(attempt, retry_after);
-            if Instant::now() + delay >= deadline {
-                return Forwarded {
-                    result: finish(result),
-                    attempts: attempt,
-                };
-            }
-            match self.budget.try_spend(outcome == Outcome::Timeout) {
+            let decision =
+                self.policy
+                    .decide(attempts, outcome, retry_after, Instant::now(), deadline);
+            let failure = match result {
+                Ok(answer) => {
+                    response = Some(answer);
+                    None
+                }
+                Err(failure) => Some(failure),
+            };
+            let delay = match decision {
+                Decision::RetryAfter(delay) => delay,
+                Decision::Finish => {
+                    if outcome == Outcome::Response {
+                        region.budget.on_success(spent);
+                        region
+                            .metrics
+                            .budget_tokens
+                            .set(i64::from(region.budget.tokens()));
+                    }
+                    return Forwarded {
+                        result: finish(response, failure),
+                        attempts,
+                        hint,
+                    };
+                }
+            };
+            match region.budget.try_spend(outcome == Outcome::Timeout) {
                 Some(cost) => spent += cost,
                 None => {
-                    self.metrics.retry_budget_exhausted.inc();
+                    region.metrics.budget_exhausted.inc();
                     return Forwarded {
-                        result: finish(result),
-                        attempts: attempt,
+                        result: finish(response, failure),
+                        attempts,
+                        hint,
                     };
                 }
             }
-            self.metrics
-                .retry_budget_tokens
-                .set(i64::from(self.budget.tokens()));
-            self.metrics
-                .retries
-                .get_or_create(&RegionLabels {
-                    region: Arc::clone(&out.region.key),
-                })
-                .inc();
-            if let Err(failure) = &result {
-                tracing::debug!(attempt, outcome = outcome.label(), reason = %failure.reason, "upstream attempt failed; retrying");
+            region
+                .metrics
+                .budget_tokens
+                .set(i64::from(region.budget.tokens()));
+            region.metrics.retries.inc();
+            if let Some(failure) = &failure {
+                tracing::debug!(attempts, outcome = outcome.label(), reason = %failure.reason, "upstream attempt failed; retrying");
             }
-            drop(result);
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn outcome(&self, result: &AttemptResult) -> Outcome {
+        match result {
+            Ok(response) if self.policy.retries_status(response.status()) => {
+                Outcome::RetryableStatus
+            }
+            Ok(_) => Outcome::Response,
+            Err(failure) => failure.outcome,
+        }
+    }
+
+    /// Credentials to sign attempt `attempts + 1` with. The first attempt may wait (bounded)
+    /// for the first fetch or a refresh; a retry signs only with valid ones held.
+    async fn credentials_now(&self, attempts: u32) -> Result<Arc<HeldCredentials>, UpstreamError> {
+        if attempts == 0 {
+            Ok(self.credentials.valid_or_first(CREDENTIALS_WAIT).await?)
+        } else {
+            Ok(self
+                .credentials
+                .valid(SystemTime::now())
+                .ok_or(CredentialsError)?)
         }
     }
 
@@ -272,7 +314,7 @@ impl Upstream {
             region: &out.region.signing_region,
             service: &self.service,
         };
-        sign::sign_request(
+        sign::sign_request_with(
             &out.method,
             &out.uri,
             &mut headers,
@@ -280,6 +322,7 @@ impl Upstream {
             &held.identity,
             scope,
             self.clock.now(),
+            &self.signed_headers,
         )?;
         let mut request = Request::new(Full::new(out.body.clone()));
         *request.method_mut() = out.method.clone();
@@ -288,62 +331,9 @@ impl Upstream {
         Ok(request)
     }
 
-    /// One attempt: the response head, and a small body read whole, within `limit`.
-    async fn attempt(
-        &self,
-        request: Request<Full<Bytes>>,
-        limit: Duration,
-    ) -> Result<Response<ResponseBody>, Failure> {
-        let exchange = async {
-            // This attempt needs a connection until its response (or small body) is in.
-            let demand = self.gate.demand();
-            let response = self.client.request(request).await.map_err(|e| {
-                let outcome = if e.is_connect() {
-                    Outcome::ConnectError
-                } else {
-                    Outcome::ConnectionClosed
-                };
-                Failure {
-                    outcome,
-                    reason: error_chain(&e),
-                }
-            })?;
-            let (parts, body) = response.into_parts();
-            let length = parts
-                .headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if length.is_some_and(|len| len <= BUFFER_RESPONSE_UP_TO) {
-                let bytes = body
-                    .collect()
-                    .await
-                    .map_err(|e| Failure {
-                        outcome: Outcome::ConnectionClosed,
-                        reason: error_chain(&e),
-                    })?
-                    .to_bytes();
-                Ok(Response::from_parts(parts, Either::Left(Full::new(bytes))))
-            } else {
-                let body = StreamedBody {
-                    inner: body,
-                    _demand: demand,
-                };
-                Ok(Response::from_parts(parts, Either::Right(body)))
-            }
-        };
-        match tokio::time::timeout(limit, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(Failure {
-                outcome: Outcome::Timeout,
-                reason: format!("no response within {} ms", limit.as_millis()),
-            }),
-        }
-    }
-
     /// A 403 with a `Date` header may mean our clock is off: sign later requests with
     /// Prime's time (the request itself is not retried: 403 never is).
-    fn learn_clock(&self, response: &Response<ResponseBody>) {
+    fn learn_clock(&self, response: &Response<UpstreamBody>) {
         if response.status() != StatusCode::FORBIDDEN {
             return;
         }
@@ -351,7 +341,6 @@ impl Upstream {
             return;
         };
         if let Some(offset) = self.clock.learn(date, SystemTime::now()) {
-            self.metrics.clock_offset.set(offset);
             tracing::warn!(
                 offset_s = offset,
                 "Prime's clock differs from ours: signing with the corrected time from now on"
@@ -360,18 +349,24 @@ impl Upstream {
     }
 }
 
-/// The last attempt's result as the client's answer.
+/// The client's answer once no more attempts are made: the latest upstream response if any
+/// attempt got one (so 502/504 mean that every attempt failed), else the last failure.
 fn finish(
-    result: Result<Response<ResponseBody>, Failure>,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    result.map_err(|failure| match failure.outcome {
-        Outcome::Timeout => UpstreamError::Timeout {
-            reason: failure.reason,
+    response: Option<Response<UpstreamBody>>,
+    failure: Option<Failure>,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    match (response, failure) {
+        (Some(response), _) => Ok(response),
+        (None, Some(failure)) if failure.outcome == Outcome::Timeout => {
+            Err(UpstreamError::Timeout {
+                reason: failure.reason,
+            })
         }
-        .into(),
-        _ => UpstreamError::Unreachable {
+        (None, Some(failure)) => Err(UpstreamError::Unreachable {
             reason: failure.reason,
-        }
-        .into(),
-    })
+        }),
+        (None, None) => Err(UpstreamError::Unreachable {
+            reason: "no attempt was made".to_owned(),
+        }),
+    }
 }

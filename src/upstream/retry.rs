@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
+use tokio::time::Instant;
 
 use crate::config::RetryConfig;
 
@@ -82,6 +83,38 @@ impl RetryPolicy {
             .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1).min(30)))
             .min(self.max_delay);
         ceiling.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// What to do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Answer the client with what we have.
+    Finish,
+    /// Wait this long, then try again.
+    RetryAfter(Duration),
+}
+
+impl RetryPolicy {
+    /// Decides after attempt number `attempts` (1 = the first) came to `outcome`.
+    /// `retry_after` is the upstream's `Retry-After`, when it sent one; a retry whose wait
+    /// would outlast `deadline` is not made.
+    pub fn decide(
+        &self,
+        attempts: u32,
+        outcome: Outcome,
+        retry_after: Option<Duration>,
+        now: Instant,
+        deadline: Instant,
+    ) -> Decision {
+        if outcome == Outcome::Response || attempts >= self.max_attempts {
+            return Decision::Finish;
+        }
+        let delay = self.delay(attempts, retry_after);
+        if now + delay >= deadline {
+            return Decision::Finish;
+        }
+        Decision::RetryAfter(delay)
     }
 }
 
@@ -170,6 +203,60 @@ mod tests {
 
     fn config() -> RetryConfig {
         RetryConfig::default()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn decisions_follow_attempts_outcomes_and_the_deadline() {
+        let policy = RetryPolicy::new(&config()); // 3 attempts, base 100 ms, max 5 s
+        let now = Instant::now();
+        let far = now + Duration::from_secs(30);
+        assert_eq!(
+            policy.decide(1, Outcome::Response, None, now, far),
+            Decision::Finish
+        );
+        for outcome in [
+            Outcome::RetryableStatus,
+            Outcome::ConnectError,
+            Outcome::ConnectionClosed,
+            Outcome::Timeout,
+        ] {
+            assert!(matches!(
+                policy.decide(1, outcome, None, now, far),
+                Decision::RetryAfter(d) if d <= Duration::from_millis(100)
+            ));
+            assert_eq!(policy.decide(3, outcome, None, now, far), Decision::Finish);
+        }
+        // Retry-After is honoured (capped), unless it outlasts the total timeout.
+        assert_eq!(
+            policy.decide(
+                1,
+                Outcome::RetryableStatus,
+                Some(Duration::from_secs(2)),
+                now,
+                far
+            ),
+            Decision::RetryAfter(Duration::from_secs(2))
+        );
+        assert_eq!(
+            policy.decide(
+                1,
+                Outcome::RetryableStatus,
+                Some(Duration::from_secs(60)),
+                now,
+                far
+            ),
+            Decision::RetryAfter(Duration::from_secs(5))
+        );
+        assert_eq!(
+            policy.decide(
+                1,
+                Outcome::RetryableStatus,
+                Some(Duration::from_secs(2)),
+                now,
+                now + Duration::from_secs(1)
+            ),
+            Decision::Finish
+        );
     }
 
     #[test]
