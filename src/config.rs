@@ -81,7 +81,8 @@ pub struct ListenerConfig {
     /// A keep-alive connection with no request in flight and no bytes moving for this long
     /// is closed.
     pub idle_timeout_ms: u64,
-    /// Upper bound on the bytes of one request head.
+    /// Upper bound on the bytes of one request head. Also the size of each connection's
+    /// read buffer (hyper uses one limit for both), so it weighs on memory per connection.
     pub max_header_bytes: usize,
     /// Upper bound on the number of headers of one request.
     pub max_headers: usize,
@@ -256,7 +257,7 @@ impl Default for ListenerConfig {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             idle_timeout_ms: 120_000,
-            max_header_bytes: 64 * 1024,
+            max_header_bytes: 16 * 1024,
             max_headers: 100,
             max_connections: 4096,
             max_in_flight: 1024,
