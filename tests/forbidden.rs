@@ -3,6 +3,8 @@
 //! through unchanged. The real binary, against one verifying TLS upstream (the kinds do not
 //! depend on the region, so one endpoint is enough here).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

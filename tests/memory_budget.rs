@@ -2,6 +2,8 @@
 //! answered 200 or 503 `overloaded` (none lost), the process stays alive, and its peak RSS
 //! stays under the budget plus a fixed overhead.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
