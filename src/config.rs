@@ -157,7 +157,7 @@ pub struct RetryConfig {
     pub base_delay_ms: u64,
     pub max_delay_ms: u64,
     pub retry_on_status: Vec<u16>,
-    /// Size of the shared retry token bucket (0 = no budget: every retry is allowed).
+    /// Size of each region's retry token bucket (0 = no budget: every retry is allowed).
     pub budget_tokens: u32,
     /// Tokens one retry costs (a retry after a timeout costs twice this).
     pub budget_retry_cost: u32,

@@ -118,7 +118,7 @@ impl Metrics {
         );
         registry.register(
             "request_duration_seconds",
-            "Time from request received to response head sent, by region",
+            "Time from request received to its answer complete (the head for a buffered answer, the end of the body for a streamed one), by region",
             metrics.request_duration.clone(),
         );
         registry.register(
