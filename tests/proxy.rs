@@ -655,7 +655,8 @@ async fn concurrent_keep_alive_clients_need_no_more_upstream_connections_than_th
 async fn a_streaming_response_does_not_hold_up_other_requests() {
     let (pki, ups) = setup().await;
     let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
-    ups.na.push([Action::StreamSlowly(Duration::from_millis(1500))]);
+    ups.na
+        .push([Action::StreamSlowly(Duration::from_millis(1500))]);
     let url = proxy.url("/v1/stream");
     let streaming =
         tokio::spawn(async move { get(&client(), &url, &[("x-amz-marketplace", "US")]).await });
