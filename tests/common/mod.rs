@@ -379,6 +379,8 @@ pub struct FakeUpstream {
     pub connections: Arc<AtomicUsize>,
     /// TCP connections open now.
     pub open: Arc<AtomicUsize>,
+    /// Ids (see [`Received::connection`]) of the connections open now.
+    open_ids: Arc<Mutex<HashSet<usize>>>,
     pub keys: KeyRing,
     faults: Arc<Mutex<Option<FaultPlan>>>,
     task: JoinHandle<()>,
@@ -391,11 +393,16 @@ impl Drop for FakeUpstream {
 }
 
 /// Counts a connection as open while it lives.
-struct OpenGuard(Arc<AtomicUsize>);
+struct OpenGuard {
+    open: Arc<AtomicUsize>,
+    ids: Arc<Mutex<HashSet<usize>>>,
+    id: usize,
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        self.ids.lock().unwrap().remove(&self.id);
     }
 }
 
@@ -437,6 +444,7 @@ impl FakeUpstream {
         let script = Arc::new(Mutex::new(VecDeque::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
+        let open_ids = Arc::new(Mutex::new(HashSet::new()));
         let faults = Arc::new(Mutex::new(None));
         let state = UpstreamState {
             received: Arc::clone(&received),
@@ -448,6 +456,7 @@ impl FakeUpstream {
         };
         let accepted = Arc::clone(&connections);
         let open_now = Arc::clone(&open);
+        let ids = Arc::clone(&open_ids);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -455,7 +464,12 @@ impl FakeUpstream {
                 };
                 let id = accepted.fetch_add(1, Ordering::SeqCst) + 1;
                 open_now.fetch_add(1, Ordering::SeqCst);
-                let guard = OpenGuard(Arc::clone(&open_now));
+                ids.lock().unwrap().insert(id);
+                let guard = OpenGuard {
+                    open: Arc::clone(&open_now),
+                    ids: Arc::clone(&ids),
+                    id,
+                };
                 let acceptor = acceptor.clone();
                 let mut state = state.clone();
                 state.connection = id;
@@ -494,6 +508,7 @@ impl FakeUpstream {
             script,
             connections,
             open,
+            open_ids,
             keys,
             faults,
             task,
@@ -557,6 +572,11 @@ impl FakeUpstream {
     /// TCP connections open now.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    /// Whether the connection with this id (see [`Received::connection`]) is still open.
+    pub fn is_open(&self, connection: usize) -> bool {
+        self.open_ids.lock().unwrap().contains(&connection)
     }
 }
 
