@@ -1,4 +1,5 @@
-//! Abusive or broken clients: slow heads, huge heads, garbage, too many requests at once.
+//! Abusive or broken clients (against three upstreams, one per region): slow heads, huge
+//! heads, garbage, too many requests at once.
 //! None of it may crash the proxy or stall other clients.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,10 +11,10 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn setup() -> (Pki, FakeUpstream) {
+async fn setup() -> (Pki, Upstreams) {
     let pki = Pki::new();
-    let upstream = FakeUpstream::start(&pki).await;
-    (pki, upstream)
+    let upstreams = Upstreams::start(&pki).await;
+    (pki, upstreams)
 }
 
 async fn healthy(proxy: &TestProxy) {
@@ -31,8 +32,8 @@ async fn healthy(proxy: &TestProxy) {
 
 #[tokio::test]
 async fn a_slow_head_is_cut_off_without_stalling_others() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.listener.header_read_timeout_ms = 300;
     let proxy = start_proxy(config).await;
     let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
@@ -51,15 +52,15 @@ async fn a_slow_head_is_cut_off_without_stalling_others() {
     let mut out = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut out)).await;
     assert!(read.is_ok(), "the slow connection was not closed");
-    assert_eq!(upstream.count(), 1);
+    assert_eq!(ups.na.count(), 1);
     healthy(&proxy).await;
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn oversized_heads_and_too_many_headers_are_refused() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.listener.max_header_bytes = 16 * 1024;
     config.listener.max_headers = 20;
     let proxy = start_proxy(config).await;
@@ -77,15 +78,15 @@ async fn oversized_heads_and_too_many_headers_are_refused() {
     let request = format!("GET /v1/a HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: US\r\n{many}\r\n");
     let reply = raw(proxy.addr, request.as_bytes(), Duration::from_secs(3)).await;
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
-    assert_eq!(upstream.count(), 0);
+    assert_eq!(ups.count(), 0);
     healthy(&proxy).await;
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn malformed_http_is_answered_or_closed_and_the_proxy_lives_on() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     let garbage: [&[u8]; 8] = [
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage-tls-hello\r\n\r\n",
         b"NOT HTTP AT ALL\r\n\r\n",
@@ -106,18 +107,18 @@ async fn malformed_http_is_answered_or_closed_and_the_proxy_lives_on() {
     }
     // A client that connects and vanishes.
     drop(TcpStream::connect(proxy.addr).await.unwrap());
-    assert_eq!(upstream.count(), 0);
+    assert_eq!(ups.count(), 0);
     healthy(&proxy).await;
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn requests_beyond_max_in_flight_get_503_overloaded_at_once() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.listener.max_in_flight = 2;
     let proxy = start_proxy(config).await;
-    upstream.push([
+    ups.na.push([
         Action::Sleep(Duration::from_millis(800)),
         Action::Sleep(Duration::from_millis(800)),
     ]);
@@ -128,7 +129,7 @@ async fn requests_beyond_max_in_flight_get_503_overloaded_at_once() {
             get(&client(), &url, &[("x-amz-marketplace", "US")]).await
         }));
     }
-    assert!(eventually(Duration::from_secs(5), || upstream.count() == 2).await);
+    assert!(eventually(Duration::from_secs(5), || ups.na.count() == 2).await);
     let started = Instant::now();
     let reply = get(
         &client(),
@@ -148,8 +149,8 @@ async fn requests_beyond_max_in_flight_get_503_overloaded_at_once() {
 
 #[tokio::test]
 async fn connections_beyond_max_connections_wait_instead_of_failing() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.listener.max_connections = 2;
     let proxy = start_proxy(config).await;
     // Two idle keep-alive connections hold both slots...
@@ -177,8 +178,8 @@ async fn connections_beyond_max_connections_wait_instead_of_failing() {
 
 #[tokio::test]
 async fn silent_and_idle_connections_are_closed() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.listener.header_read_timeout_ms = 300;
     config.listener.idle_timeout_ms = 600;
     let proxy = start_proxy(config).await;
@@ -219,12 +220,12 @@ async fn silent_and_idle_connections_are_closed() {
 
 #[tokio::test]
 async fn a_slow_upstream_does_not_make_a_connection_idle() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.listener.idle_timeout_ms = 300;
     config.listener.header_read_timeout_ms = 300;
     let proxy = start_proxy(config).await;
-    upstream.push([Action::Sleep(Duration::from_millis(900))]);
+    ups.na.push([Action::Sleep(Duration::from_millis(900))]);
     let reply = get(
         &client(),
         &proxy.url("/v1/slow"),

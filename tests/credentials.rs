@@ -1,6 +1,7 @@
 //! Credentials through the real binary and the real AWS chain: environment variables, a
 //! container-credentials endpoint that rotates keys every few seconds (EKS Pod Identity /
-//! ECS), a fake STS for `credentials.role_arn`, and none at all.
+//! ECS), a fake STS for `credentials.role_arn`, and none at all. Three upstreams, one per
+//! region, as in production.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,14 +15,14 @@ use common::*;
 #[tokio::test]
 async fn credentials_from_the_environment_sign_requests() {
     let pki = Pki::new();
-    let upstream = FakeUpstream::start(&pki).await;
-    upstream.accept_key("AKIDFROMENV", "env/secret+key");
+    let ups = Upstreams::start(&pki).await;
+    ups.accept_key("AKIDFROMENV", "env/secret+key");
     let mut command = clean_command(pki.dir.path());
     command
         .env("AWS_ACCESS_KEY_ID", "AKIDFROMENV")
         .env("AWS_SECRET_ACCESS_KEY", "env/secret+key")
         .env("AWS_SESSION_TOKEN", "env-session-token");
-    let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, "")).await;
+    let proxy = ProxyProcess::start(command, &regions_config_file(&pki, &ups, "")).await;
     let reply = get(
         &client(),
         &proxy.url("/v1/benefits?customerIdentifier=Atza|x"),
@@ -29,7 +30,7 @@ async fn credentials_from_the_environment_sign_requests() {
     )
     .await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
-    let received = upstream.requests().pop().unwrap();
+    let received = ups.na.requests().pop().unwrap();
     let (key, region) = received.assert_signed();
     assert_eq!(
         (key.as_str(), region.as_str()),
@@ -50,52 +51,14 @@ const LIFETIME: Duration = Duration::from_secs(3);
 async fn rotating_container_credentials_never_fail_a_request() {
     let pki = Pki::new();
     let keys: KeyRing = Arc::new(Mutex::new(HashMap::new()));
-    let upstream = FakeUpstream::start_with_keys(&pki, Arc::clone(&keys)).await;
-    let authorizations = Arc::new(Mutex::new(Vec::<String>::new()));
-    let seen_auth = Arc::clone(&authorizations);
-    let issued = Arc::clone(&keys);
-    let (endpoint, _task) = http_endpoint(move |_method, target, headers, _body| {
-        seen_auth.lock().unwrap().push(
-            headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
-        );
-        if target != "/v1/credentials" {
-            return (404, String::new());
-        }
-        let now = SystemTime::now();
-        let epoch = now.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-        let slot = epoch.as_secs() / PERIOD.as_secs();
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(slot * PERIOD.as_secs());
-        let expiry = start + LIFETIME;
-        let id = format!("ASIAROTATING{slot}");
-        let secret = format!("secret/{slot}+rotating");
-        issued
-            .lock()
-            .unwrap()
-            .insert(id.clone(), (secret.clone(), Some(expiry)));
-        let body = serde_json::json!({
-            "AccessKeyId": id,
-            "SecretAccessKey": secret,
-            "Token": format!("token-{slot}"),
-            "Expiration": iso8601(expiry),
-            "AccountId": "123456789012",
-        });
-        (200, body.to_string())
-    })
-    .await;
-    let token_file = pki.write("pod-identity-token", "eks-pod-identity-token-value");
+    let ups = Upstreams::start_with(&pki, Protocol::Http1, Arc::clone(&keys)).await;
+    let rotating = RotatingCredentials::start(Arc::clone(&keys), PERIOD, LIFETIME).await;
     let mut command = clean_command(pki.dir.path());
-    command
-        .env(
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            format!("http://127.0.0.1:{}/v1/credentials", endpoint.port()),
-        )
-        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file);
-    let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, "")).await;
+    rotating.configure(&mut command, &pki);
+    let proxy = ProxyProcess::start(command, &regions_config_file(&pki, &ups, "")).await;
 
+    // One region: this test is about rotation at a steady pace; tests/mixed_workload.rs
+    // rotates under traffic to all three.
     let client = client();
     let deadline = std::time::Instant::now() + Duration::from_secs(9);
     let mut sent = 0;
@@ -116,8 +79,9 @@ async fn rotating_container_credentials_never_fail_a_request() {
         sent += 1;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let received = upstream.requests();
+    let received = ups.fe.requests();
     assert_eq!(received.len(), sent);
+    assert_eq!(ups.count(), sent);
     let mut used = std::collections::BTreeSet::new();
     for request in &received {
         let (key, region) = request.assert_signed();
@@ -135,22 +99,23 @@ async fn rotating_container_credentials_never_fail_a_request() {
         "only {} keys used across rotations: {used:?}",
         used.len()
     );
-    assert!(authorizations
+    assert!(rotating
+        .authorizations
         .lock()
         .unwrap()
         .iter()
-        .all(|a| a == "eks-pod-identity-token-value"));
+        .all(|a| a == POD_IDENTITY_TOKEN));
     assert_eq!(proxy.terminate().await.code(), Some(0));
 }
 
-#[tokio::test]
-async fn role_arn_is_assumed_through_sts_on_a_private_endpoint() {
-    let pki = Pki::new();
-    let upstream = FakeUpstream::start(&pki).await;
-    upstream.accept_key("ASIAASSUMED", "assumed/secret");
-    let sts_calls = Arc::new(Mutex::new(Vec::<(String, String, String)>::new()));
+/// STS calls as the fake STS saw them: (method, form body, Authorization header).
+type StsCalls = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// A fake STS that answers every AssumeRole with `ASIAASSUMED` / `assumed/secret`.
+async fn fake_sts() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>, StsCalls) {
+    let sts_calls: StsCalls = Arc::new(Mutex::new(Vec::new()));
     let calls = Arc::clone(&sts_calls);
-    let (sts, _task) = http_endpoint(move |method, _target, headers, body| {
+    let (sts, task) = http_endpoint(move |method, _target, headers, body| {
         let body = String::from_utf8_lossy(body).into_owned();
         let authorization = headers
             .get("authorization")
@@ -182,6 +147,11 @@ async fn role_arn_is_assumed_through_sts_on_a_private_endpoint() {
         (200, xml)
     })
     .await;
+    (sts, task, sts_calls)
+}
+
+/// The binary with a base identity in the environment and STS at `sts`.
+fn role_command(pki: &Pki, sts: std::net::SocketAddr) -> tokio::process::Command {
     let mut command = clean_command(pki.dir.path());
     command
         .env("AWS_ACCESS_KEY_ID", "AKIDBASEIDENTITY")
@@ -191,8 +161,22 @@ async fn role_arn_is_assumed_through_sts_on_a_private_endpoint() {
             "AWS_ENDPOINT_URL_STS",
             format!("http://127.0.0.1:{}", sts.port()),
         );
-    let extra = "[credentials]\nrole_arn = \"arn:aws:iam::123456789012:role/prime-client\"\nsession_name = \"prime-session\"\nexternal_id = \"shared-external-id-value\"\n";
-    let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, extra)).await;
+    command
+}
+
+const ROLE_CONFIG: &str = "[credentials]\nrole_arn = \"arn:aws:iam::123456789012:role/prime-client\"\nsession_name = \"prime-session\"\nexternal_id = \"shared-external-id-value\"\n";
+
+#[tokio::test]
+async fn role_arn_is_assumed_through_sts_on_a_private_endpoint() {
+    let pki = Pki::new();
+    let ups = Upstreams::start(&pki).await;
+    ups.accept_key("ASIAASSUMED", "assumed/secret");
+    let (sts, _task, sts_calls) = fake_sts().await;
+    let proxy = ProxyProcess::start(
+        role_command(&pki, sts),
+        &regions_config_file(&pki, &ups, ROLE_CONFIG),
+    )
+    .await;
     let reply = get(
         &client(),
         &proxy.url("/v1/link"),
@@ -200,7 +184,7 @@ async fn role_arn_is_assumed_through_sts_on_a_private_endpoint() {
     )
     .await;
     assert_eq!(reply.status, 200, "{:?}\n{}", reply.body, proxy.logs());
-    let received = upstream.requests().pop().unwrap();
+    let received = ups.eu.requests().pop().unwrap();
     let (key, region) = received.assert_signed();
     assert_eq!(
         (key.as_str(), region.as_str()),
@@ -238,13 +222,73 @@ async fn role_arn_is_assumed_through_sts_on_a_private_endpoint() {
     assert_eq!(proxy.terminate().await.code(), Some(0));
 }
 
+/// Issue 8: with `role_arn`, the second region's first request hung until the attempt
+/// timeout. One assumed-role session signs for all three regions, each request reaches its own
+/// region's endpoint, and none waits.
+#[tokio::test]
+async fn role_arn_credentials_sign_requests_to_all_three_regions() {
+    let pki = Pki::new();
+    let ups = Upstreams::start(&pki).await;
+    ups.accept_key("ASIAASSUMED", "assumed/secret");
+    let (sts, _task, sts_calls) = fake_sts().await;
+    let extra = format!("{ROLE_CONFIG}[upstream]\nattempt_timeout_ms = 2000\n");
+    let proxy = ProxyProcess::start(
+        role_command(&pki, sts),
+        &regions_config_file(&pki, &ups, &extra),
+    )
+    .await;
+    let client = keep_alive_client();
+    for (round, marketplace) in ["NL", "US", "JP", "DE", "CA", "SG"].iter().enumerate() {
+        let started = std::time::Instant::now();
+        let reply = get(
+            &client,
+            &proxy.url("/v1/link"),
+            &[("x-amz-marketplace", marketplace)],
+        )
+        .await;
+        let took = started.elapsed();
+        assert_eq!(
+            reply.status,
+            200,
+            "{marketplace} (request {round}) after {took:?}: {:?}\n{}",
+            reply.body,
+            proxy.logs()
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "{marketplace} (request {round}) took {took:?}"
+        );
+        let id = reply.header("x-amz-request-id").unwrap();
+        let (at, received) = ups.find(id).unwrap();
+        let (region_key, signing_region) = region_of(marketplace);
+        assert_eq!(at, region_key, "{marketplace} reached the wrong endpoint");
+        let (key, region) = received.assert_signed();
+        assert_eq!(
+            (key.as_str(), region.as_str()),
+            ("ASIAASSUMED", signing_region)
+        );
+        assert_eq!(
+            received.header("x-amz-security-token"),
+            Some("assumed-session-token")
+        );
+        assert_eq!(received.authority, ups.region(region_key).authority());
+    }
+    assert_eq!((ups.na.count(), ups.eu.count(), ups.fe.count()), (2, 2, 2));
+    assert_eq!(
+        sts_calls.lock().unwrap().len(),
+        1,
+        "one assumed-role session serves every region"
+    );
+    assert_eq!(proxy.terminate().await.code(), Some(0));
+}
+
 #[tokio::test]
 async fn without_credentials_the_proxy_starts_but_is_not_ready() {
     let pki = Pki::new();
-    let upstream = FakeUpstream::start(&pki).await;
+    let ups = Upstreams::start(&pki).await;
     let proxy = ProxyProcess::start(
         clean_command(pki.dir.path()),
-        &config_file(&pki, &upstream, ""),
+        &regions_config_file(&pki, &ups, ""),
     )
     .await;
     let client = client();
@@ -259,7 +303,7 @@ async fn without_credentials_the_proxy_starts_but_is_not_ready() {
     assert_eq!(ready.status, 503);
     let health = get(&client, &format!("http://{}/healthz", proxy.admin), &[]).await;
     assert_eq!(health.status, 200);
-    assert_eq!(upstream.count(), 0);
+    assert_eq!(ups.count(), 0);
     assert!(
         proxy.logs().contains("no AWS credentials"),
         "{}",
@@ -271,15 +315,15 @@ async fn without_credentials_the_proxy_starts_but_is_not_ready() {
 #[tokio::test]
 async fn logs_never_contain_tokens_secrets_or_bodies() {
     let pki = Pki::new();
-    let upstream = FakeUpstream::start(&pki).await;
-    upstream.accept_key("AKIDLOGTEST", "log-test-secret-value");
+    let ups = Upstreams::start(&pki).await;
+    ups.accept_key("AKIDLOGTEST", "log-test-secret-value");
     let mut command = clean_command(pki.dir.path());
     command
         .env("AWS_ACCESS_KEY_ID", "AKIDLOGTEST")
         .env("AWS_SECRET_ACCESS_KEY", "log-test-secret-value")
         .env("AWS_SESSION_TOKEN", "log-test-session-token")
         .env("RUST_LOG", "trace");
-    let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, "")).await;
+    let proxy = ProxyProcess::start(command, &regions_config_file(&pki, &ups, "")).await;
     let client = client();
     let token = "Atza|LOGTOKENSECRET+abc/def==";
     let body = "{\"secretBodyField\":\"body-value-never-logged\"}";
@@ -294,7 +338,7 @@ async fn logs_never_contain_tokens_secrets_or_bodies() {
         .unwrap();
         send(&client, request).await;
     }
-    upstream.push([
+    ups.na.push([
         Action::status(503),
         Action::status(503),
         Action::status(503),
@@ -347,8 +391,8 @@ async fn logs_never_contain_tokens_secrets_or_bodies() {
 #[tokio::test]
 async fn eks_irsa_web_identity_credentials_come_from_sts() {
     let pki = Pki::new();
-    let upstream = FakeUpstream::start(&pki).await;
-    upstream.accept_key("ASIAIRSA", "irsa/secret");
+    let ups = Upstreams::start(&pki).await;
+    ups.accept_key("ASIAIRSA", "irsa/secret");
     let bodies = Arc::new(Mutex::new(Vec::<String>::new()));
     let seen = Arc::clone(&bodies);
     let (sts, _task) = http_endpoint(move |_method, _target, _headers, body| {
@@ -387,7 +431,7 @@ async fn eks_irsa_web_identity_credentials_come_from_sts() {
             "AWS_ENDPOINT_URL_STS",
             format!("http://127.0.0.1:{}", sts.port()),
         );
-    let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, "")).await;
+    let proxy = ProxyProcess::start(command, &regions_config_file(&pki, &ups, "")).await;
     let reply = get(
         &client(),
         &proxy.url("/v1/benefits"),
@@ -395,9 +439,9 @@ async fn eks_irsa_web_identity_credentials_come_from_sts() {
     )
     .await;
     assert_eq!(reply.status, 200, "{:?}\n{}", reply.body, proxy.logs());
-    let received = upstream.requests().pop().unwrap();
-    let (key, _) = received.assert_signed();
-    assert_eq!(key, "ASIAIRSA");
+    let received = ups.eu.requests().pop().unwrap();
+    let (key, region) = received.assert_signed();
+    assert_eq!((key.as_str(), region.as_str()), ("ASIAIRSA", "eu-west-1"));
     assert_eq!(
         received.header("x-amz-security-token"),
         Some("irsa-session-token")

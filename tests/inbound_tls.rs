@@ -69,11 +69,11 @@ fn der(leaf: &Leaf) -> CertificateDer<'static> {
 #[tokio::test]
 async fn the_listener_serves_tls_and_reloads_a_rotated_certificate() {
     let pki = Pki::new();
-    let upstream = FakeUpstream::start(&pki).await;
+    let ups = Upstreams::start(&pki).await;
     let first = pki.leaf(&["localhost"]);
     let cert_file = pki.write("tls.crt", &first.cert_pem);
     let key_file = pki.write("tls.key", &first.key_pem);
-    let mut config = config_for(&upstream, &pki);
+    let mut config = config_for_regions(&ups, &pki);
     config.tls.cert_file = cert_file.display().to_string();
     config.tls.key_file = key_file.display().to_string();
     let proxy = start_proxy(config).await;
@@ -82,7 +82,7 @@ async fn the_listener_serves_tls_and_reloads_a_rotated_certificate() {
     let (served, reply) = request_over_tls(&proxy, &connector).await.unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert_eq!(served, der(&first));
-    upstream.requests()[0].assert_signed();
+    ups.na.requests()[0].assert_signed();
 
     // Plain HTTP on a TLS listener gets nowhere.
     let plain = raw(
@@ -122,10 +122,10 @@ async fn the_listener_serves_tls_and_reloads_a_rotated_certificate() {
 #[tokio::test]
 async fn mutual_tls_requires_a_client_certificate_from_the_configured_ca() {
     let pki = Pki::new();
-    let upstream = FakeUpstream::start(&pki).await;
+    let ups = Upstreams::start(&pki).await;
     let server = pki.leaf(&["localhost"]);
     let clients = Pki::new();
-    let mut config = config_for(&upstream, &pki);
+    let mut config = config_for_regions(&ups, &pki);
     config.tls.cert_file = pki.write("tls.crt", &server.cert_pem).display().to_string();
     config.tls.key_file = pki.write("tls.key", &server.key_pem).display().to_string();
     config.tls.client_ca_file = pki
@@ -151,14 +151,14 @@ async fn mutual_tls_requires_a_client_certificate_from_the_configured_ca() {
         foreign.is_err() || !foreign.unwrap().1.contains("200"),
         "a certificate from another CA must be refused"
     );
-    assert_eq!(upstream.count(), 1);
+    assert_eq!(ups.na.count(), 1);
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn a_missing_or_broken_certificate_refuses_to_start() {
     let pki = Pki::new();
-    let upstream = FakeUpstream::start(&pki).await;
+    let ups = Upstreams::start(&pki).await;
     let leaf = pki.leaf(&["localhost"]);
     let other = pki.leaf(&["localhost"]);
     let cases = [
@@ -179,7 +179,7 @@ async fn a_missing_or_broken_certificate_refuses_to_start() {
         ),
     ];
     for (cert, key, named) in cases {
-        let mut config = config_for(&upstream, &pki);
+        let mut config = config_for_regions(&ups, &pki);
         config.tls.cert_file = cert;
         config.tls.key_file = key;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

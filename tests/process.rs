@@ -16,13 +16,10 @@ fn worker_threads(pid: u32) -> usize {
 #[tokio::test]
 async fn worker_threads_sets_how_many_threads_serve_requests() {
     let pki = Pki::new();
-    let upstream = FakeUpstream::start(&pki).await;
+    let ups = Upstreams::start(&pki).await;
     for (setting, expected) in [("", 1), ("worker_threads = 3\n", 3)] {
-        let mut command = clean_command(pki.dir.path());
-        command
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
-        let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, setting)).await;
+        let command = command_with_static_key(pki.dir.path());
+        let proxy = ProxyProcess::start(command, &regions_config_file(&pki, &ups, setting)).await;
         let reply = get(
             &client(),
             &proxy.url("/v1/a"),
@@ -30,6 +27,7 @@ async fn worker_threads_sets_how_many_threads_serve_requests() {
         )
         .await;
         assert_eq!(reply.status, 200);
+        ups.na.requests().pop().unwrap().assert_signed();
         assert_eq!(
             worker_threads(proxy.child.id().unwrap()),
             expected,

@@ -1,5 +1,5 @@
-//! The proxy end to end, in-process: client → proxy → TLS upstream on 127.0.0.1 that
-//! verifies every signature with the independent verifier.
+//! The proxy end to end, in-process: client → proxy → three TLS upstreams, one per region
+//! on 127.0.0.1 / .2 / .3, that verify every signature with the independent verifier.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -12,16 +12,16 @@ use http::Request;
 use http_body_util::Full;
 use tokio::net::TcpListener;
 
-async fn setup() -> (Pki, FakeUpstream) {
+async fn setup() -> (Pki, Upstreams) {
     let pki = Pki::new();
-    let upstream = FakeUpstream::start(&pki).await;
-    (pki, upstream)
+    let upstreams = Upstreams::start(&pki).await;
+    (pki, upstreams)
 }
 
 #[tokio::test]
 async fn every_marketplace_in_any_case_is_signed_for_its_region() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     let client = client();
     let table = [
         ("us-east-1", &["US", "CA", "MX"][..]),
@@ -46,6 +46,8 @@ async fn every_marketplace_in_any_case_is_signed_for_its_region() {
                 .await;
                 assert_eq!(reply.status, 200, "{spelling}: {:?}", reply.body);
                 assert_eq!(reply.json()["signatureValid"], true);
+                // Received by its own region's endpoint, and by no other.
+                let upstream = ups.for_marketplace(code);
                 let received = upstream.requests().pop().unwrap();
                 let (key, region) = received.assert_signed();
                 assert_eq!(key, ACCESS_KEY);
@@ -54,23 +56,22 @@ async fn every_marketplace_in_any_case_is_signed_for_its_region() {
                     received.header("x-amz-marketplace"),
                     Some(spelling.as_str())
                 );
-                assert_eq!(
-                    received.header("host"),
-                    Some(&upstream.endpoint["https://".len()..])
-                );
+                assert_eq!(received.header("host"), Some(upstream.authority()));
                 sent += 1;
             }
         }
     }
     assert_eq!(sent, 17 * 3);
-    assert_eq!(upstream.count(), 17 * 3);
+    assert_eq!(ups.na.count(), 3 * 3);
+    assert_eq!(ups.eu.count(), 11 * 3);
+    assert_eq!(ups.fe.count(), 3 * 3);
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn lwa_tokens_in_every_spelling_arrive_canonical_and_signed() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     // Raw, fully encoded, lower-case hex, half encoded, with other parameters around it,
     // sent over a raw socket so that no client library re-encodes anything.
     let spellings = [
@@ -93,7 +94,7 @@ async fn lwa_tokens_in_every_spelling_arrive_canonical_and_signed() {
         );
         let reply = raw(proxy.addr, request.as_bytes(), Duration::from_secs(10)).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "{query}: {reply}");
-        let received = upstream.requests().pop().unwrap();
+        let received = ups.na.requests().pop().unwrap();
         received.assert_signed();
         assert_eq!(received.query, expected, "{query}");
         assert_eq!(received.path, "/v1/customers/benefits");
@@ -103,8 +104,8 @@ async fn lwa_tokens_in_every_spelling_arrive_canonical_and_signed() {
 
 #[tokio::test]
 async fn spaces_utf8_and_paths_are_sent_as_signed() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     let cases = [
         (
             "/v1/a%20b/c?name=Zo%C3%AB&q=a%20b",
@@ -125,7 +126,7 @@ async fn spaces_utf8_and_paths_are_sent_as_signed() {
         );
         let reply = raw(proxy.addr, request.as_bytes(), Duration::from_secs(10)).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "{target}: {reply}");
-        let received = upstream.requests().pop().unwrap();
+        let received = ups.eu.requests().pop().unwrap();
         let (_, region) = received.assert_signed();
         assert_eq!(region, "eu-west-1");
         assert_eq!(received.path, path, "{target}");
@@ -136,8 +137,8 @@ async fn spaces_utf8_and_paths_are_sent_as_signed() {
 
 #[tokio::test]
 async fn bodies_are_signed_and_forwarded_byte_for_byte() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     let body = br#"{"customerIdentifier":"Atza|abc+/=","amount":1}"#;
     let request = Request::post(proxy.url("/v1/link"))
         .header("x-amz-marketplace", "JP")
@@ -146,7 +147,7 @@ async fn bodies_are_signed_and_forwarded_byte_for_byte() {
         .unwrap();
     let reply = send(&client(), request).await;
     assert_eq!(reply.status, 200);
-    let received = upstream.requests().pop().unwrap();
+    let received = ups.fe.requests().pop().unwrap();
     let (_, region) = received.assert_signed();
     assert_eq!(region, "us-west-2");
     assert_eq!(received.method, "POST");
@@ -161,8 +162,8 @@ async fn bodies_are_signed_and_forwarded_byte_for_byte() {
 
 #[tokio::test]
 async fn client_auth_and_hop_by_hop_headers_are_replaced() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     let request = "GET /v1/benefits HTTP/1.1\r\n\
         Host: evil.example\r\n\
         x-amz-marketplace: US\r\n\
@@ -179,10 +180,9 @@ async fn client_auth_and_hop_by_hop_headers_are_replaced() {
         \r\n";
     let reply = raw(proxy.addr, request.as_bytes(), Duration::from_secs(10)).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    let received = upstream.requests().pop().unwrap();
+    let received = ups.na.requests().pop().unwrap();
     received.assert_signed();
-    let host = &upstream.endpoint["https://".len()..];
-    assert_eq!(received.header("host"), Some(host));
+    assert_eq!(received.header("host"), Some(ups.na.authority()));
     assert!(!received
         .header("authorization")
         .unwrap()
@@ -211,14 +211,14 @@ async fn client_auth_and_hop_by_hop_headers_are_replaced() {
 
 #[tokio::test]
 async fn request_ids_are_created_kept_and_echoed() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     let client = client();
     let reply = get(&client, &proxy.url("/v1/a"), &[("x-amz-marketplace", "US")]).await;
     let id = reply.header("x-amz-request-id").unwrap().to_owned();
     assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
     assert_eq!(
-        upstream.requests()[0].header("x-amz-request-id"),
+        ups.na.requests()[0].header("x-amz-request-id"),
         Some(id.as_str())
     );
     let reply = get(&client, &proxy.url("/v1/a"), &[("x-amz-marketplace", "US")]).await;
@@ -239,7 +239,7 @@ async fn request_ids_are_created_kept_and_echoed() {
     .await;
     assert_eq!(reply.header("x-amz-request-id"), Some("app-chosen-1"));
     assert_eq!(
-        upstream.requests()[2].header("x-amz-request-id"),
+        ups.na.requests()[2].header("x-amz-request-id"),
         Some("app-chosen-1")
     );
     proxy.stop().await;
@@ -247,8 +247,8 @@ async fn request_ids_are_created_kept_and_echoed() {
 
 #[tokio::test]
 async fn missing_and_unknown_marketplaces_never_reach_upstream() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     let client = client();
     get(&client, &proxy.url("/v1/a"), &[])
         .await
@@ -276,20 +276,17 @@ async fn missing_and_unknown_marketplaces_never_reach_upstream() {
         with_id.assert_error(400, "missing_marketplace")["requestId"],
         "mine-7"
     );
-    assert_eq!(upstream.count(), 0);
-    assert_eq!(
-        upstream
-            .connections
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
-    );
+    assert_eq!(ups.count(), 0);
+    for upstream in ups.all() {
+        assert_eq!(upstream.accepted(), 0, "{} was dialled", upstream.endpoint);
+    }
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn the_proxy_never_connects_anywhere_but_the_region_table() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     // A host a client would like to reach through us.
     let bait = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bait_addr = bait.local_addr().unwrap();
@@ -318,7 +315,8 @@ async fn the_proxy_never_connects_anywhere_but_the_region_table() {
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert_eq!(upstream.count(), 1);
+    assert_eq!(ups.na.count(), 1);
+    assert_eq!(ups.count(), 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(bait_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     proxy.stop().await;
@@ -326,8 +324,8 @@ async fn the_proxy_never_connects_anywhere_but_the_region_table() {
 
 #[tokio::test]
 async fn unforwardable_requests_get_bad_request() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     for target in [
         "/v1/../admin",
         "/v1/./x",
@@ -343,14 +341,14 @@ async fn unforwardable_requests_get_bad_request() {
         let json: serde_json::Value = serde_json::from_str(raw_body(&reply)).unwrap();
         assert_eq!(json["error"], "bad_request", "{target}");
     }
-    assert_eq!(upstream.count(), 0);
+    assert_eq!(ups.count(), 0);
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn bodies_over_the_limit_get_413_and_nothing_goes_upstream() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.max_body_bytes = 1024;
     let proxy = start_proxy(config).await;
     let client = client();
@@ -371,15 +369,16 @@ async fn bodies_over_the_limit_get_413_and_nothing_goes_upstream() {
         .body(Full::new(Bytes::from(vec![b'x'; 1024])))
         .unwrap();
     assert_eq!(send(&client, fits).await.status, 200);
-    assert_eq!(upstream.count(), 1);
+    assert_eq!(ups.na.count(), 1);
+    assert_eq!(ups.count(), 1);
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn upstream_responses_pass_through_unchanged() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
-    upstream.push([
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
+    ups.na.push([
         Action::Respond {
             status: 404,
             headers: vec![
@@ -404,16 +403,16 @@ async fn upstream_responses_pass_through_unchanged() {
     assert_eq!(reply.status, 400);
     assert_eq!(&reply.body[..], b"bad");
     assert_eq!(reply.header("x-amz-request-id"), Some("upstream-id"));
-    assert_eq!(upstream.count(), 2, "404 and 400 are not retried");
+    assert_eq!(ups.na.count(), 2, "404 and 400 are not retried");
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn large_responses_are_streamed() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     let big = "z".repeat(3 * 1024 * 1024);
-    upstream.push([Action::Respond {
+    ups.na.push([Action::Respond {
         status: 200,
         headers: vec![],
         body: big.clone(),
@@ -431,8 +430,8 @@ async fn large_responses_are_streamed() {
 
 #[tokio::test]
 async fn keep_alive_clients_reuse_pooled_upstream_connections() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     let client = client();
     for _ in 0..50 {
         assert_eq!(
@@ -442,10 +441,8 @@ async fn keep_alive_clients_reuse_pooled_upstream_connections() {
             200
         );
     }
-    assert_eq!(upstream.count(), 50);
-    let opened = upstream
-        .connections
-        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(ups.na.count(), 50);
+    let opened = ups.na.accepted();
     assert!(
         opened <= 2,
         "50 sequential requests opened {opened} upstream connections"
@@ -455,8 +452,8 @@ async fn keep_alive_clients_reuse_pooled_upstream_connections() {
 
 #[tokio::test]
 async fn h2c_prior_knowledge_clients_are_served() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
@@ -467,7 +464,7 @@ async fn h2c_prior_knowledge_clients_are_served() {
         .unwrap();
     let reply = send(&h2, request).await;
     assert_eq!(reply.status, 200);
-    let received = upstream.requests().pop().unwrap();
+    let received = ups.eu.requests().pop().unwrap();
     let (_, region) = received.assert_signed();
     assert_eq!(region, "eu-west-1");
     assert_eq!(received.query, "customerIdentifier=Atza%7Cx");
@@ -476,8 +473,8 @@ async fn h2c_prior_knowledge_clients_are_served() {
 
 #[tokio::test]
 async fn admin_endpoints_report_health_readiness_and_metrics() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     let client = client();
     let admin = |path: &str| format!("http://{}{path}", proxy.admin);
     assert_eq!(get(&client, &admin("/healthz"), &[]).await.status, 200);
@@ -493,6 +490,7 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     get(&client, &proxy.url("/v1/a"), &[("x-amz-marketplace", "US")]).await;
     get(&client, &proxy.url("/v1/a"), &[("x-amz-marketplace", "JP")]).await;
     get(&client, &proxy.url("/v1/a"), &[("x-amz-marketplace", "XX")]).await;
+    assert_eq!((ups.na.count(), ups.eu.count(), ups.fe.count()), (1, 0, 1));
     let metrics =
         String::from_utf8(get(&client, &admin("/metrics"), &[]).await.body.to_vec()).unwrap();
     for series in [
@@ -512,13 +510,13 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_requests() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
-    upstream.push([Action::Sleep(Duration::from_millis(500))]);
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
+    ups.na.push([Action::Sleep(Duration::from_millis(500))]);
     let url = proxy.url("/v1/slow");
     let in_flight =
         tokio::spawn(async move { get(&client(), &url, &[("x-amz-marketplace", "US")]).await });
-    assert!(eventually(Duration::from_secs(5), || upstream.count() == 1).await);
+    assert!(eventually(Duration::from_secs(5), || ups.na.count() == 1).await);
     let addr = proxy.addr;
     proxy.stop().await;
     let reply = in_flight.await.unwrap();
@@ -532,6 +530,8 @@ async fn shutdown_finishes_in_flight_requests() {
 
 #[tokio::test]
 async fn a_plain_http_endpoint_works_only_when_explicitly_allowed() {
+    // One plain-HTTP endpoint, for `na` only: the test is about `allow_plain_http`, which no
+    // TLS upstream can show.
     use std::sync::{Arc, Mutex};
     let seen = Arc::new(Mutex::new(Vec::<(String, Vec<(String, String)>)>::new()));
     let sink = Arc::clone(&seen);
@@ -590,12 +590,12 @@ async fn a_plain_http_endpoint_works_only_when_explicitly_allowed() {
 
 #[tokio::test]
 async fn repeated_and_non_ascii_signed_headers_still_verify() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     let request = "POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: US\r\nContent-Type: application/json\r\nContent-Type:   charset=utf-8  \r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
     let reply = raw(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    let received = upstream.requests().pop().unwrap();
+    let received = ups.na.requests().pop().unwrap();
     received.assert_signed();
     assert_eq!(received.header_count("content-type"), 2);
     // A signed header that is not visible ASCII cannot be signed: refused, not sent unsigned.
@@ -603,14 +603,16 @@ async fn repeated_and_non_ascii_signed_headers_still_verify() {
     let reply = raw(proxy.addr, request, Duration::from_secs(5)).await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert!(reply.contains("bad_request"), "{reply}");
-    assert_eq!(upstream.count(), 1);
+    assert_eq!(ups.count(), 1);
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn concurrent_keep_alive_clients_need_no_more_upstream_connections_than_their_number() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
+    // One region on purpose: the bound is per endpoint, and all 48 clients aim at one
+    // (tests/regions.rs spreads clients over the three).
     const CLIENTS: usize = 48;
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
@@ -634,10 +636,8 @@ async fn concurrent_keep_alive_clients_need_no_more_upstream_connections_than_th
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(upstream.count(), CLIENTS * 40);
-    let opened = upstream
-        .connections
-        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(ups.na.count(), CLIENTS * 40);
+    let opened = ups.na.accepted();
     assert!(
         opened <= CLIENTS,
         "{CLIENTS} clients made the proxy open {opened} upstream connections"
@@ -655,13 +655,14 @@ async fn concurrent_keep_alive_clients_need_no_more_upstream_connections_than_th
 
 #[tokio::test]
 async fn a_streaming_response_does_not_hold_up_other_requests() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
-    upstream.push([Action::StreamSlowly(Duration::from_millis(1500))]);
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
+    ups.na
+        .push([Action::StreamSlowly(Duration::from_millis(1500))]);
     let url = proxy.url("/v1/stream");
     let streaming =
         tokio::spawn(async move { get(&client(), &url, &[("x-amz-marketplace", "US")]).await });
-    assert!(eventually(Duration::from_secs(5), || upstream.count() == 1).await);
+    assert!(eventually(Duration::from_secs(5), || ups.na.count() == 1).await);
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The streaming response holds its connection: this request needs another one at once.
     let started = std::time::Instant::now();

@@ -1,5 +1,6 @@
-//! Retries, timeouts, the retry budget, clock skew and rate limits, against a TLS upstream
-//! that injects faults. Every attempt's signature is checked, and attempts are counted.
+//! Retries, timeouts, the retry budget, clock skew and rate limits, against three TLS
+//! upstreams (one per region) that inject faults. Every attempt's signature is checked, and
+//! attempts are counted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -11,10 +12,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use prime_sigv4_proxy::config::{Config, RouteLimitConfig};
 
-async fn setup() -> (Pki, FakeUpstream) {
+async fn setup() -> (Pki, Upstreams) {
     let pki = Pki::new();
-    let upstream = FakeUpstream::start(&pki).await;
-    (pki, upstream)
+    let upstreams = Upstreams::start(&pki).await;
+    (pki, upstreams)
 }
 
 fn us() -> [(&'static str, &'static str); 1] {
@@ -38,9 +39,9 @@ async fn metrics(proxy: &TestProxy) -> String {
 
 #[tokio::test]
 async fn retryable_statuses_are_retried_until_success_each_attempt_signed_afresh() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
-    upstream.push([Action::status(503), Action::status(500)]);
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
+    ups.na.push([Action::status(503), Action::status(500)]);
     let reply = get(
         &client(),
         &proxy.url("/v1/benefits?customerIdentifier=Atza%7Cx"),
@@ -48,7 +49,7 @@ async fn retryable_statuses_are_retried_until_success_each_attempt_signed_afresh
     )
     .await;
     assert_eq!(reply.status, 200);
-    let received = upstream.requests();
+    let received = ups.na.requests();
     assert_eq!(received.len(), 3);
     assert_attempts_signed_with_one_id(&received);
     assert_eq!(
@@ -75,9 +76,9 @@ async fn retryable_statuses_are_retried_until_success_each_attempt_signed_afresh
 
 #[tokio::test]
 async fn when_attempts_run_out_the_last_upstream_response_is_passed_through() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
-    upstream.push([
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
+    ups.na.push([
         Action::status(503),
         Action::status(502),
         Action::Respond {
@@ -95,46 +96,46 @@ async fn when_attempts_run_out_the_last_upstream_response_is_passed_through() {
         "an upstream response, not ours"
     );
     assert_eq!(&reply.body[..], b"{\"last\":true}");
-    assert_eq!(upstream.count(), 3, "max_attempts = 3");
+    assert_eq!(ups.na.count(), 3, "max_attempts = 3");
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn max_attempts_1_means_no_retries() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.retry.max_attempts = 1;
     let proxy = start_proxy(config).await;
-    upstream.push([Action::status(503)]);
+    ups.na.push([Action::status(503)]);
     assert_eq!(get(&client(), &proxy.url("/v1/a"), &us()).await.status, 503);
-    assert_eq!(upstream.count(), 1);
+    assert_eq!(ups.na.count(), 1);
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn bad_request_and_forbidden_are_never_retried() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     for status in [400, 403] {
-        upstream.push([Action::status(status)]);
-        let before = upstream.count();
+        ups.na.push([Action::status(status)]);
+        let before = ups.na.count();
         let reply = get(&client(), &proxy.url("/v1/a"), &us()).await;
         assert_eq!(reply.status.as_u16(), status);
-        assert_eq!(upstream.count() - before, 1, "{status} was retried");
+        assert_eq!(ups.na.count() - before, 1, "{status} was retried");
     }
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn retry_after_seconds_is_honoured() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.retry.max_delay_ms = 5_000;
     let proxy = start_proxy(config).await;
-    upstream.push([Action::with_header(429, "retry-after", "1")]);
+    ups.na.push([Action::with_header(429, "retry-after", "1")]);
     let reply = get(&client(), &proxy.url("/v1/a"), &us()).await;
     assert_eq!(reply.status, 200);
-    let received = upstream.requests();
+    let received = ups.na.requests();
     assert_eq!(received.len(), 2);
     let waited = received[1].at - received[0].at;
     assert!(
@@ -148,17 +149,18 @@ async fn retry_after_seconds_is_honoured() {
 
 #[tokio::test]
 async fn retry_after_as_an_http_date_is_honoured_and_capped_by_max_delay() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.retry.max_delay_ms = 300;
     let proxy = start_proxy(config).await;
     let in_an_hour =
         httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
-    upstream.push([Action::with_header(503, "retry-after", &in_an_hour)]);
+    ups.na
+        .push([Action::with_header(503, "retry-after", &in_an_hour)]);
     let started = Instant::now();
     let reply = get(&client(), &proxy.url("/v1/a"), &us()).await;
     assert_eq!(reply.status, 200);
-    let received = upstream.requests();
+    let received = ups.na.requests();
     assert_eq!(received.len(), 2);
     let waited = received[1].at - received[0].at;
     assert!(
@@ -171,17 +173,17 @@ async fn retry_after_as_an_http_date_is_honoured_and_capped_by_max_delay() {
 
 #[tokio::test]
 async fn a_retry_after_beyond_the_total_timeout_passes_the_response_through_at_once() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.retry.max_delay_ms = 60_000;
     config.upstream.total_timeout_ms = 2_000;
     let proxy = start_proxy(config).await;
-    upstream.push([Action::with_header(429, "retry-after", "30")]);
+    ups.na.push([Action::with_header(429, "retry-after", "30")]);
     let started = Instant::now();
     let reply = get(&client(), &proxy.url("/v1/a"), &us()).await;
     assert_eq!(reply.status, 429);
     assert_eq!(reply.header("retry-after"), Some("30"));
-    assert_eq!(upstream.count(), 1);
+    assert_eq!(ups.na.count(), 1);
     assert!(
         started.elapsed() < Duration::from_millis(1_000),
         "{:?}",
@@ -192,13 +194,14 @@ async fn a_retry_after_beyond_the_total_timeout_passes_the_response_through_at_o
 
 #[tokio::test]
 async fn a_connection_reset_mid_response_is_retried() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
-    upstream.push([Action::ResetMidBody, Action::CloseWithoutResponse]);
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
+    ups.na
+        .push([Action::ResetMidBody, Action::CloseWithoutResponse]);
     let reply = get(&client(), &proxy.url("/v1/a"), &us()).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert!(reply.json()["signatureValid"].as_bool().unwrap());
-    let received = upstream.requests();
+    let received = ups.na.requests();
     assert_eq!(received.len(), 3);
     assert_attempts_signed_with_one_id(&received);
     let text = metrics(&proxy).await;
@@ -208,17 +211,17 @@ async fn a_connection_reset_mid_response_is_retried() {
 
 #[tokio::test]
 async fn attempts_that_time_out_are_retried_then_504() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.upstream.attempt_timeout_ms = 300;
     let proxy = start_proxy(config).await;
     // One slow attempt, then a fast one: retried and answered.
-    upstream.push([Action::Sleep(Duration::from_secs(2))]);
+    ups.na.push([Action::Sleep(Duration::from_secs(2))]);
     let reply = get(&client(), &proxy.url("/v1/a"), &us()).await;
     assert_eq!(reply.status, 200);
-    assert_eq!(upstream.count(), 2);
+    assert_eq!(ups.na.count(), 2);
     // Every attempt slow: upstream_timeout after max_attempts.
-    upstream.push([
+    ups.na.push([
         Action::Sleep(Duration::from_secs(2)),
         Action::Sleep(Duration::from_secs(2)),
         Action::Sleep(Duration::from_secs(2)),
@@ -227,7 +230,7 @@ async fn attempts_that_time_out_are_retried_then_504() {
     get(&client(), &proxy.url("/v1/a"), &us())
         .await
         .assert_error(504, "upstream_timeout");
-    assert_eq!(upstream.count(), 5);
+    assert_eq!(ups.na.count(), 5);
     assert!(
         started.elapsed() < Duration::from_millis(1_800),
         "{:?}",
@@ -238,12 +241,12 @@ async fn attempts_that_time_out_are_retried_then_504() {
 
 #[tokio::test]
 async fn the_total_timeout_bounds_all_attempts_together() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.upstream.attempt_timeout_ms = 10_000;
     config.upstream.total_timeout_ms = 500;
     let proxy = start_proxy(config).await;
-    upstream.push([Action::Sleep(Duration::from_secs(3))]);
+    ups.na.push([Action::Sleep(Duration::from_secs(3))]);
     let started = Instant::now();
     get(&client(), &proxy.url("/v1/a"), &us())
         .await
@@ -253,12 +256,13 @@ async fn the_total_timeout_bounds_all_attempts_together() {
         took >= Duration::from_millis(450) && took < Duration::from_millis(1_500),
         "{took:?}"
     );
-    assert_eq!(upstream.count(), 1);
+    assert_eq!(ups.na.count(), 1);
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn refused_connections_are_retried_then_502() {
+    // No upstream at all: every region points at a port where nothing listens.
     let pki = Pki::new();
     // A port that was just free: nothing listens there.
     let port = {
@@ -286,16 +290,16 @@ async fn refused_connections_are_retried_then_502() {
 
 #[tokio::test]
 async fn an_untrusted_upstream_certificate_is_a_connect_failure_never_a_request() {
-    let (pki, upstream) = setup().await;
+    let (pki, ups) = setup().await;
     let other_ca = Pki::new();
-    let mut config = config_for(&upstream, &pki);
+    let mut config = config_for_regions(&ups, &pki);
     config.upstream.ca_file = other_ca.ca_file.display().to_string();
     let proxy = start_proxy(config).await;
     get(&client(), &proxy.url("/v1/a"), &us())
         .await
         .assert_error(502, "upstream_unreachable");
     assert_eq!(
-        upstream.count(),
+        ups.count(),
         0,
         "no request may be sent over an unverified connection"
     );
@@ -304,19 +308,19 @@ async fn an_untrusted_upstream_certificate_is_a_connect_failure_never_a_request(
 
 #[tokio::test]
 async fn an_empty_retry_budget_fails_fast_instead_of_retrying() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.retry.budget_tokens = 10;
     config.retry.budget_retry_cost = 5;
     config.retry.budget_success_refill = 1;
     let proxy = start_proxy(config).await;
-    upstream.push((0..10).map(|_| Action::status(503)));
+    ups.na.push((0..10).map(|_| Action::status(503)));
     // First request: 3 attempts, spending the whole budget (2 retries × 5).
     assert_eq!(get(&client(), &proxy.url("/v1/a"), &us()).await.status, 503);
-    assert_eq!(upstream.count(), 3);
+    assert_eq!(ups.na.count(), 3);
     // Second request: no tokens left, so one attempt and the 503 passes through.
     assert_eq!(get(&client(), &proxy.url("/v1/a"), &us()).await.status, 503);
-    assert_eq!(upstream.count(), 4);
+    assert_eq!(ups.na.count(), 4);
     let text = metrics(&proxy).await;
     assert!(
         text.contains("prime_proxy_retry_budget_exhausted_total{region=\"na\"} 1"),
@@ -331,19 +335,19 @@ async fn an_empty_retry_budget_fails_fast_instead_of_retrying() {
 
 #[tokio::test]
 async fn a_403_with_a_skewed_date_corrects_the_signing_clock() {
-    let (pki, upstream) = setup().await;
-    let proxy = start_proxy(config_for(&upstream, &pki)).await;
+    let (pki, ups) = setup().await;
+    let proxy = start_proxy(config_for_regions(&ups, &pki)).await;
     let prime_now = std::time::SystemTime::now() + Duration::from_secs(20 * 60);
-    upstream.push([Action::Respond {
+    ups.na.push([Action::Respond {
         status: 403,
         headers: vec![("date".into(), httpdate::fmt_http_date(prime_now))],
         body: "{\"message\":\"Signature expired\"}".into(),
     }]);
     let reply = get(&client(), &proxy.url("/v1/a"), &us()).await;
     assert_eq!(reply.status, 403, "403 is passed through, not retried");
-    assert_eq!(upstream.count(), 1);
+    assert_eq!(ups.na.count(), 1);
     get(&client(), &proxy.url("/v1/a"), &us()).await;
-    let second = upstream.requests().pop().unwrap();
+    let second = ups.na.requests().pop().unwrap();
     let signed_at = sigv4_verifier::parse_amz_date(second.header("x-amz-date").unwrap()).unwrap();
     let ahead = signed_at
         .duration_since(std::time::SystemTime::now())
@@ -365,8 +369,8 @@ async fn a_403_with_a_skewed_date_corrects_the_signing_clock() {
 
 #[tokio::test]
 async fn the_global_rate_limit_rejects_with_retry_after_and_nothing_goes_upstream() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.rate_limit.requests_per_second = 1.0;
     config.rate_limit.burst = 2;
     let proxy = start_proxy(config).await;
@@ -377,7 +381,7 @@ async fn the_global_rate_limit_rejects_with_retry_after_and_nothing_goes_upstrea
     limited.assert_error(429, "rate_limited");
     let retry_after: u64 = limited.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry_after));
-    assert_eq!(upstream.count(), 2);
+    assert_eq!(ups.na.count(), 2);
     assert!(metrics(&proxy)
         .await
         .contains("prime_proxy_rate_limited_total 1"));
@@ -386,8 +390,8 @@ async fn the_global_rate_limit_rejects_with_retry_after_and_nothing_goes_upstrea
 
 #[tokio::test]
 async fn requests_wait_for_a_permit_up_to_max_wait() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.rate_limit.requests_per_second = 5.0;
     config.rate_limit.burst = 1;
     config.rate_limit.max_wait_ms = 1_000;
@@ -403,14 +407,14 @@ async fn requests_wait_for_a_permit_up_to_max_wait() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(upstream.count(), 4);
+    assert_eq!(ups.na.count(), 4);
     proxy.stop().await;
 }
 
 #[tokio::test]
 async fn route_limits_apply_on_top_of_the_global_one() {
-    let (pki, upstream) = setup().await;
-    let mut config = config_for(&upstream, &pki);
+    let (pki, ups) = setup().await;
+    let mut config = config_for_regions(&ups, &pki);
     config.rate_limit.routes.push(RouteLimitConfig {
         path_prefix: "/v1/link".into(),
         method: "POST".into(),
@@ -438,6 +442,6 @@ async fn route_limits_apply_on_top_of_the_global_one() {
             200
         );
     }
-    assert_eq!(upstream.count(), 11);
+    assert_eq!(ups.na.count(), 11);
     proxy.stop().await;
 }
