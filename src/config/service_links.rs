@@ -222,7 +222,8 @@ pub(crate) mod tests {
 
     #[test]
     fn every_variable_the_kubelet_writes_is_a_link() {
-        let services: &[(&str, &str, &[(&str, u16, &str)])] = &[
+        type Ports<'a> = &'a [(&'a str, u16, &'a str)];
+        let services: &[(&str, &str, Ports)] = &[
             ("prime-proxy", "10.96.0.12", &[("http", 8080, "TCP")]),
             (
                 "prime-proxy-prime-sigv4-proxy",
