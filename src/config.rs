@@ -13,6 +13,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod service_links;
+
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "PRIME_PROXY_";
 
@@ -352,6 +354,10 @@ impl Config {
     }
 
     /// Like [`Config::load`] with the given environment provider (tests pass a fixed one).
+    ///
+    /// The provider's keys are taken to be stripped of [`ENV_PREFIX`]: Kubernetes service
+    /// links (`PRIME_PROXY_SERVICE_HOST`, `PRIME_PROXY_PORT=tcp://…`, …) are recognised by
+    /// their full name and value and left out.
     pub fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
@@ -364,7 +370,10 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let env = env.ignore(NON_CONFIG_ENV).split("__");
+        let env = env
+            .ignore(NON_CONFIG_ENV)
+            .filter(|key| !is_injected_service_link(key.as_str()))
+            .split("__");
         figment = figment.merge(env);
         let config: Config = figment.extract().map_err(describe_figment_error)?;
         config.validate()?;
@@ -392,27 +401,23 @@ impl Config {
 
     /// Every rule that figment's types cannot express.
     fn validate(&self) -> Result<(), ConfigError> {
+        for bounded in self.integer_keys() {
+            bounded.check()?;
+        }
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(invalid("admin_listen", "must differ from `listen`"));
         }
-        if self.max_body_bytes == 0 {
-            return Err(invalid("max_body_bytes", "must be greater than 0"));
-        }
-        if self.worker_threads > 256 {
-            return Err(invalid(
-                "worker_threads",
-                "must be between 0 (one per core) and 256",
-            ));
-        }
         self.tls.validate()?;
-        self.listener.validate()?;
         if self.max_body_bytes > self.listener.max_buffered_bytes {
             return Err(invalid(
                 "max_body_bytes",
                 "must not exceed listener.max_buffered_bytes (a body is buffered whole)",
             ));
         }
-        self.upstream.validate()?;
+        for (name, value) in &self.upstream.headers {
+            let key = format!("upstream.headers.{name}");
+            check_static_header(name, value).map_err(|reason| invalid(key, reason))?;
+        }
         self.validate_regions()?;
         if self.signing.service.trim().is_empty() {
             return Err(invalid("signing.service", "must not be empty"));
@@ -429,6 +434,223 @@ impl Config {
         self.retry.validate()?;
         self.rate_limit.validate()?;
         Ok(())
+    }
+
+    /// Every integer key with the values it may take. Validation checks these before
+    /// anything else, so that no accepted value can overflow a `Duration`, an `Instant` or a
+    /// semaphore, or allocate without bound, once the proxy runs. `config/example.toml`
+    /// states each range (a unit test keeps them equal).
+    fn integer_keys(&self) -> Vec<Bounded> {
+        use Unit::{Bytes, Count, Millis};
+        let key = |key: &str, value: u64, min: u64, max: u64, unit: Unit| Bounded {
+            key: key.to_owned(),
+            value,
+            min,
+            max,
+            unit,
+        };
+        let (listener, upstream, retry, limit) = (
+            &self.listener,
+            &self.upstream,
+            &self.retry,
+            &self.rate_limit,
+        );
+        let mut keys = vec![
+            key("max_body_bytes", self.max_body_bytes, 1, GIB, Bytes),
+            key(
+                "shutdown_grace_ms",
+                self.shutdown_grace_ms,
+                0,
+                HOUR_MS,
+                Millis,
+            ),
+            key("worker_threads", wide(self.worker_threads), 0, 256, Count),
+            key(
+                "listener.header_read_timeout_ms",
+                listener.header_read_timeout_ms,
+                1,
+                10 * MINUTE_MS,
+                Millis,
+            ),
+            key(
+                "listener.body_read_timeout_ms",
+                listener.body_read_timeout_ms,
+                1,
+                HOUR_MS,
+                Millis,
+            ),
+            key(
+                "listener.idle_timeout_ms",
+                listener.idle_timeout_ms,
+                1,
+                DAY_MS,
+                Millis,
+            ),
+            // hyper refuses a read buffer under 8 KiB (it asserts).
+            key(
+                "listener.max_header_bytes",
+                wide(listener.max_header_bytes),
+                8192,
+                MIB,
+                Bytes,
+            ),
+            // hyper allocates room for this many headers each time it parses a request head.
+            key(
+                "listener.max_headers",
+                wide(listener.max_headers),
+                1,
+                1000,
+                Count,
+            ),
+            key(
+                "listener.max_connections",
+                wide(listener.max_connections),
+                1,
+                100_000,
+                Count,
+            ),
+            key(
+                "listener.max_in_flight",
+                wide(listener.max_in_flight),
+                1,
+                100_000,
+                Count,
+            ),
+            key(
+                "listener.max_buffered_bytes",
+                listener.max_buffered_bytes,
+                MIB,
+                16 * GIB,
+                Bytes,
+            ),
+            key(
+                "upstream.connect_timeout_ms",
+                upstream.connect_timeout_ms,
+                1,
+                10 * MINUTE_MS,
+                Millis,
+            ),
+            key(
+                "upstream.attempt_timeout_ms",
+                upstream.attempt_timeout_ms,
+                1,
+                HOUR_MS,
+                Millis,
+            ),
+            key(
+                "upstream.total_timeout_ms",
+                upstream.total_timeout_ms,
+                1,
+                HOUR_MS,
+                Millis,
+            ),
+            key(
+                "upstream.pool_idle_timeout_ms",
+                upstream.pool_idle_timeout_ms,
+                0,
+                DAY_MS,
+                Millis,
+            ),
+            key(
+                "upstream.body_idle_timeout_ms",
+                upstream.body_idle_timeout_ms,
+                1,
+                HOUR_MS,
+                Millis,
+            ),
+            key(
+                "upstream.pool_max_idle_per_host",
+                wide(upstream.pool_max_idle_per_host),
+                0,
+                100_000,
+                Count,
+            ),
+            key(
+                "retry.max_attempts",
+                u64::from(retry.max_attempts),
+                1,
+                100,
+                Count,
+            ),
+            key(
+                "retry.base_delay_ms",
+                retry.base_delay_ms,
+                0,
+                10 * MINUTE_MS,
+                Millis,
+            ),
+            key("retry.max_delay_ms", retry.max_delay_ms, 0, HOUR_MS, Millis),
+            key(
+                "retry.budget_tokens",
+                u64::from(retry.budget_tokens),
+                0,
+                MILLION,
+                Count,
+            ),
+            key(
+                "retry.budget_retry_cost",
+                u64::from(retry.budget_retry_cost),
+                0,
+                MILLION,
+                Count,
+            ),
+            key(
+                "retry.budget_success_refill",
+                u64::from(retry.budget_success_refill),
+                0,
+                MILLION,
+                Count,
+            ),
+            // With the slowest rate (0.001/s) a burst of a million still fits governor's
+            // nanosecond arithmetic (10^18 ns).
+            key(
+                "rate_limit.burst",
+                u64::from(limit.burst),
+                0,
+                MILLION,
+                Count,
+            ),
+            key(
+                "rate_limit.max_wait_ms",
+                limit.max_wait_ms,
+                0,
+                10 * MINUTE_MS,
+                Millis,
+            ),
+            key(
+                "rate_limit.max_waiting",
+                wide(limit.max_waiting),
+                0,
+                100_000,
+                Count,
+            ),
+        ];
+        for (i, route) in limit.routes.iter().enumerate() {
+            keys.push(key(
+                &format!("rate_limit.routes[{i}].burst"),
+                u64::from(route.burst),
+                0,
+                MILLION,
+                Count,
+            ));
+        }
+        keys
+    }
+
+    /// What the operator should hear about at start, one message each (the binary logs them
+    /// as WARN once logging is up). Nothing here stops the proxy.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !is_loopback(self.listen) && self.tls.client_ca_file.is_empty() {
+            warnings.push(format!(
+                "`listen` = {} is not a loopback address and `tls.client_ca_file` is not set: \
+                 anyone who can reach this port can have requests signed with this proxy's AWS \
+                 identity. Admit only your clients (the Helm chart's NetworkPolicy, a security \
+                 group) or require client certificates (`tls.client_ca_file`)",
+                self.listen
+            ));
+        }
+        warnings
     }
 
     fn validate_regions(&self) -> Result<(), ConfigError> {
@@ -548,46 +770,7 @@ impl InboundTlsConfig {
     }
 }
 
-impl ListenerConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        positive(
-            "listener.header_read_timeout_ms",
-            self.header_read_timeout_ms,
-        )?;
-        positive("listener.body_read_timeout_ms", self.body_read_timeout_ms)?;
-        positive("listener.idle_timeout_ms", self.idle_timeout_ms)?;
-        if self.max_header_bytes < 8192 {
-            return Err(invalid(
-                "listener.max_header_bytes",
-                "must be at least 8192",
-            ));
-        }
-        positive("listener.max_headers", self.max_headers as u64)?;
-        positive("listener.max_connections", self.max_connections as u64)?;
-        positive("listener.max_in_flight", self.max_in_flight as u64)?;
-        if self.max_buffered_bytes < 64 * 1024 {
-            return Err(invalid(
-                "listener.max_buffered_bytes",
-                "must be at least 65536 (64 KiB)",
-            ));
-        }
-        Ok(())
-    }
-}
-
 impl UpstreamConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        positive("upstream.connect_timeout_ms", self.connect_timeout_ms)?;
-        positive("upstream.attempt_timeout_ms", self.attempt_timeout_ms)?;
-        positive("upstream.total_timeout_ms", self.total_timeout_ms)?;
-        positive("upstream.body_idle_timeout_ms", self.body_idle_timeout_ms)?;
-        for (name, value) in &self.headers {
-            let key = format!("upstream.headers.{name}");
-            check_static_header(name, value).map_err(|reason| invalid(key, reason))?;
-        }
-        Ok(())
-    }
-
     pub fn body_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.body_idle_timeout_ms)
     }
@@ -645,12 +828,6 @@ fn check_static_header(name: &str, value: &str) -> Result<(), String> {
 
 impl RetryConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_attempts == 0 {
-            return Err(invalid(
-                "retry.max_attempts",
-                "must be at least 1 (1 = no retries)",
-            ));
-        }
         if self.max_delay_ms < self.base_delay_ms {
             return Err(invalid(
                 "retry.max_delay_ms",
@@ -706,22 +883,98 @@ impl RateLimitConfig {
     }
 }
 
+/// Slowest and fastest rate a limit may have, in requests per second.
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 1_000_000.0;
+
+/// A rate is 0 (off) or between [`MIN_RATE`] and [`MAX_RATE`].
 fn check_rate(key: &str, rate: f64) -> Result<(), ConfigError> {
-    if !rate.is_finite() || rate < 0.0 {
-        return Err(invalid(key, "must be a number ≥ 0"));
+    if rate == 0.0 || (MIN_RATE..=MAX_RATE).contains(&rate) {
+        return Ok(());
     }
-    if rate > 0.0 && rate < 0.001 {
-        return Err(invalid(key, "must be 0 (off) or at least 0.001"));
-    }
-    Ok(())
+    Err(invalid(
+        key,
+        format!("{rate} is out of range: must be 0 (off) or 0.001 to 1000000"),
+    ))
 }
 
-fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        Err(invalid(key, "must be greater than 0"))
-    } else {
-        Ok(())
+const MINUTE_MS: u64 = 60_000;
+const HOUR_MS: u64 = 60 * MINUTE_MS;
+const DAY_MS: u64 = 24 * HOUR_MS;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const MILLION: u64 = 1_000_000;
+
+/// What an integer key counts, for messages.
+#[derive(Debug, Clone, Copy)]
+enum Unit {
+    Millis,
+    Bytes,
+    Count,
+}
+
+/// One integer key, its value and the closed range it must be in.
+#[derive(Debug)]
+struct Bounded {
+    key: String,
+    value: u64,
+    min: u64,
+    max: u64,
+    unit: Unit,
+}
+
+impl Bounded {
+    fn check(&self) -> Result<(), ConfigError> {
+        if (self.min..=self.max).contains(&self.value) {
+            return Ok(());
+        }
+        let (min, max) = (self.min, self.max);
+        let range = match self.unit {
+            Unit::Millis => format!("{min} to {max} ms ({})", human_millis(max)),
+            Unit::Bytes => format!("{min} to {max} bytes ({})", human_bytes(max)),
+            Unit::Count => format!("{min} to {max}"),
+        };
+        Err(invalid(
+            self.key.clone(),
+            format!("{} is out of range: must be {range}", self.value),
+        ))
     }
+}
+
+/// `3600000` → `at most 1 h`, for range messages.
+fn human_millis(ms: u64) -> String {
+    match ms {
+        ms if ms % DAY_MS == 0 => format!("at most {} day", ms / DAY_MS),
+        ms if ms % HOUR_MS == 0 => format!("at most {} h", ms / HOUR_MS),
+        ms if ms % MINUTE_MS == 0 => format!("at most {} min", ms / MINUTE_MS),
+        ms => format!("at most {} s", ms as f64 / 1000.0),
+    }
+}
+
+/// `1073741824` → `at most 1 GiB`, for range messages.
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b % GIB == 0 => format!("at most {} GiB", b / GIB),
+        b if b % MIB == 0 => format!("at most {} MiB", b / MIB),
+        b => format!("at most {} KiB", b as f64 / 1024.0),
+    }
+}
+
+/// A `usize` key's value as `u64` (saturating, for exotic targets).
+fn wide(value: usize) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
+
+/// Loopback, also as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`).
+fn is_loopback(address: SocketAddr) -> bool {
+    address.ip().to_canonical().is_loopback()
+}
+
+/// True when the variable `PRIME_PROXY_<key>` is one the kubelet wrote for a Service in the
+/// namespace (SPEC, "Running"): such variables are never configuration.
+fn is_injected_service_link(key: &str) -> bool {
+    let name = format!("{ENV_PREFIX}{key}");
+    std::env::var(&name).is_ok_and(|value| service_links::is_service_link(&name, &value))
 }
 
 /// figment's messages already carry the key path; this makes them read as one line per fault.
@@ -904,6 +1157,10 @@ mod tests {
                 "[listener]\nmax_buffered_bytes = 1024",
                 "listener.max_buffered_bytes",
             ),
+            (
+                "[upstream]\nbody_idle_timeout_ms = 0",
+                "upstream.body_idle_timeout_ms",
+            ),
             ("max_body_bytes = 200000000", "max_body_bytes"),
         ];
         for (toml, key) in cases {
@@ -967,5 +1224,250 @@ mod tests {
         let mut reparsed = Config::from_toml(&printed).unwrap();
         reparsed.credentials.external_id = "very-secret-id".into();
         assert_eq!(reparsed, config);
+    }
+
+    /// The variables a namespace with these Services injects into every pod (the chart's own
+    /// Service for release `prime-proxy` is `prime-proxy-prime-sigv4-proxy`).
+    fn namespace_service_links() -> Vec<(String, String)> {
+        use super::service_links::tests::kubelet_variables;
+        let mut vars = kubelet_variables("prime-proxy", "10.96.0.12", &[("http", 8080, "TCP")]);
+        vars.extend(kubelet_variables(
+            "prime-sigv4-proxy",
+            "10.96.0.13",
+            &[("http", 8080, "TCP"), ("admin", 9901, "TCP")],
+        ));
+        vars.extend(kubelet_variables(
+            "prime-proxy-prime-sigv4-proxy",
+            "fd00:10:96::e",
+            &[("http", 8080, "TCP"), ("admin", 9901, "TCP")],
+        ));
+        vars
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn service_links_in_the_environment_are_not_configuration() {
+        figment::Jail::expect_with(|jail| {
+            let vars = namespace_service_links();
+            assert!(vars.iter().any(|(name, _)| name == "PRIME_PROXY_PORT"));
+            assert!(vars
+                .iter()
+                .any(|(name, _)| name == "PRIME_PROXY_PRIME_SIGV4_PROXY_SERVICE_PORT_HTTP"));
+            for (name, value) in &vars {
+                jail.set_env(name, value);
+            }
+            jail.set_env("PRIME_PROXY_RETRY__MAX_ATTEMPTS", "5");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.retry.max_attempts, 5);
+            assert_eq!(config.listen, Config::default().listen);
+
+            // A real mistake next to them is still refused, naming it.
+            jail.set_env("PRIME_PROXY_RETRY__MAX_ATEMPTS", "5");
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("retry.max_atempts"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn a_link_shaped_name_with_a_value_no_kubelet_writes_is_still_refused() {
+        for (name, value, key) in [
+            ("PRIME_PROXY_ADMIN_PORT", "9901", "admin_port"),
+            ("PRIME_PROXY_PORT", "8080", "port"),
+            ("PRIME_PROXY_SERVICE_HOST", "proxy.example", "service_host"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env(name, value);
+                let error = Config::load(None).unwrap_err().to_string();
+                assert!(error.contains(key), "{name}={value}: {error}");
+                Ok(())
+            });
+        }
+    }
+
+    /// Every key path of the configuration (tables and values), as `a.b.c`.
+    fn key_paths(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(table) = value {
+            for (key, value) in table {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                key_paths(value, &path, out);
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn no_configuration_key_looks_like_a_service_link() {
+        let mut paths = Vec::new();
+        key_paths(
+            &toml::Value::try_from(Config::default()).unwrap(),
+            "",
+            &mut paths,
+        );
+        assert!(paths.len() > 40, "{paths:?}");
+        let link_values = [
+            "10.96.0.12",
+            "fd00::12",
+            "8080",
+            "tcp://10.96.0.12:8080",
+            "tcp",
+        ];
+        for path in paths {
+            let name = format!("{ENV_PREFIX}{}", path.replace('.', "__").to_uppercase());
+            for value in link_values {
+                assert!(
+                    !service_links::is_service_link(&name, value),
+                    "{name}={value} would be ignored as a service link"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_naming_the_key() {
+        let cases = [
+            ("listener.max_in_flight", "[listener]\nmax_in_flight = 4611686018427387904"),
+            ("listener.max_in_flight", "[listener]\nmax_in_flight = 0"),
+            ("rate_limit.max_waiting", "[rate_limit]\nmax_waiting = 9223372036854775807"),
+            ("rate_limit.max_wait_ms", "[rate_limit]\nmax_wait_ms = 9223372036854775807"),
+            ("shutdown_grace_ms", "shutdown_grace_ms = 3600001"),
+            ("worker_threads", "worker_threads = 257"),
+            ("max_body_bytes", "max_body_bytes = 1073741825"),
+            ("listener.max_header_bytes", "[listener]\nmax_header_bytes = 8191"),
+            ("listener.max_headers", "[listener]\nmax_headers = 1001"),
+            ("upstream.total_timeout_ms", "[upstream]\ntotal_timeout_ms = 3600001"),
+            ("upstream.pool_idle_timeout_ms", "[upstream]\npool_idle_timeout_ms = 86400001"),
+            ("retry.max_attempts", "[retry]\nmax_attempts = 101"),
+            ("retry.budget_tokens", "[retry]\nbudget_tokens = 4294967295"),
+            ("rate_limit.burst", "[rate_limit]\nburst = 1000001"),
+            ("rate_limit.requests_per_second", "[rate_limit]\nrequests_per_second = 1e7"),
+            ("rate_limit.requests_per_second", "[rate_limit]\nrequests_per_second = nan"),
+            ("rate_limit.requests_per_second", "[rate_limit]\nrequests_per_second = 0.0001"),
+            (
+                "rate_limit.routes[0].burst",
+                "[[rate_limit.routes]]\npath_prefix = \"/\"\nrequests_per_second = 1\nburst = 4000000",
+            ),
+            (
+                "rate_limit.routes[0].requests_per_second",
+                "[[rate_limit.routes]]\npath_prefix = \"/\"\nrequests_per_second = inf",
+            ),
+        ];
+        for (key, toml) in cases {
+            let message = refused(toml);
+            assert!(
+                message.contains(&format!("`{key}`")) && message.contains("out of range"),
+                "{toml:?} → {message:?}"
+            );
+        }
+        // The bounds themselves are accepted.
+        Config::from_toml(
+            "shutdown_grace_ms = 3600000\nworker_threads = 256\nmax_body_bytes = 1073741824\n\
+             [listener]\nmax_in_flight = 100000\nmax_header_bytes = 1048576\nmax_headers = 1000\n\
+             [rate_limit]\nrequests_per_second = 0.001\nburst = 1000000\nmax_waiting = 100000\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn every_number_has_a_range() {
+        // Each integer or float value of the configuration (a route included) is either in
+        // integer_keys() or one of the rates check_rate bounds.
+        let mut config = Config::default();
+        config.rate_limit.routes.push(RouteLimitConfig {
+            path_prefix: "/".into(),
+            method: String::new(),
+            requests_per_second: 1.0,
+            burst: 0,
+        });
+        fn numbers(value: &toml::Value, path: &str, out: &mut Vec<String>) {
+            match value {
+                toml::Value::Table(table) => {
+                    for (key, value) in table {
+                        let path = if path.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{path}.{key}")
+                        };
+                        numbers(value, &path, out);
+                    }
+                }
+                toml::Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if item.is_table() {
+                            numbers(item, &format!("{path}[{i}]"), out);
+                        }
+                    }
+                }
+                toml::Value::Integer(_) | toml::Value::Float(_) => out.push(path.to_owned()),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        numbers(&toml::Value::try_from(&config).unwrap(), "", &mut found);
+        let bounded: Vec<String> = config.integer_keys().into_iter().map(|b| b.key).collect();
+        let rates = [
+            "rate_limit.requests_per_second",
+            "rate_limit.routes[0].requests_per_second",
+        ];
+        for key in &found {
+            assert!(
+                bounded.contains(key) || rates.contains(&key.as_str()),
+                "`{key}` has no range in Config::integer_keys()"
+            );
+        }
+        assert!(found.len() >= 27, "{found:?}");
+    }
+
+    #[test]
+    fn the_example_file_states_every_range() {
+        // `key = value  # … MIN to MAX …` under its [table].
+        let mut lines = BTreeMap::new();
+        let mut table = String::new();
+        for line in EXAMPLE.lines() {
+            let line = line.trim();
+            if let Some(header) = line.strip_prefix('[') {
+                table = header.split(']').next().unwrap().to_owned();
+            } else if let Some((key, rest)) = line.split_once(" = ") {
+                let key = if table.is_empty() {
+                    key.trim().to_owned()
+                } else {
+                    format!("{table}.{}", key.trim())
+                };
+                lines.insert(key, rest.to_owned());
+            }
+        }
+        for bounded in Config::default().integer_keys() {
+            let line = &lines[&bounded.key];
+            let range = format!("{} to {}", bounded.min, bounded.max);
+            assert!(
+                line.contains(&range),
+                "config/example.toml: `{}` does not say {range:?}: {line:?}",
+                bounded.key
+            );
+        }
+        assert!(lines["rate_limit.requests_per_second"].contains("0.001 to 1000000"));
+    }
+
+    #[test]
+    fn a_listener_others_can_reach_without_client_certificates_is_warned_about() {
+        let warnings = |toml: &str| Config::from_toml(toml).unwrap().warnings();
+        assert!(warnings("").is_empty(), "127.0.0.1 is the default");
+        assert!(warnings("listen = \"[::1]:8080\"").is_empty());
+        assert!(warnings("listen = \"[::ffff:127.0.0.1]:8080\"").is_empty());
+        for exposed in ["0.0.0.0:8080", "10.1.2.3:8080", "[::]:8080"] {
+            let found = warnings(&format!("listen = {exposed:?}"));
+            assert_eq!(found.len(), 1, "{exposed}: {found:?}");
+            assert!(found[0].contains(exposed) && found[0].contains("tls.client_ca_file"));
+        }
+        let mutual = "listen = \"0.0.0.0:8080\"\n[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\nclient_ca_file = \"/ca.pem\"\n";
+        assert!(warnings(mutual).is_empty());
+        let tls_only =
+            "listen = \"0.0.0.0:8080\"\n[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n";
+        assert_eq!(warnings(tls_only).len(), 1);
     }
 }

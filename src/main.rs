@@ -57,6 +57,9 @@ fn main() -> ExitCode {
     if let Some(warning) = &logs.warning {
         tracing::warn!("{warning}");
     }
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         runtime.worker_threads(config.worker_threads);

@@ -34,6 +34,7 @@ CRD_KINDS = {"ServiceMonitor"}
 
 CONFIG_PATH = "/etc/prime-sigv4-proxy/config.toml"
 TLS_DIR = "/etc/prime-sigv4-proxy/tls"
+REDIS_DIR = "/etc/prime-sigv4-proxy/redis"
 PROXY_CONTAINER = "prime-sigv4-proxy"
 
 
@@ -152,9 +153,9 @@ def prepare_example_app(workdir: Path) -> Path:
     return app
 
 
-def render_example_app(values: dict[str, Any] | None = None) -> Rendered:
+def render_example_app(values: dict[str, Any] | None = None, *, name: str = RELEASE) -> Rendered:
     with tempfile.TemporaryDirectory(prefix="sidecar-app-") as tmp:
-        return render(prepare_example_app(Path(tmp)), values)
+        return render(prepare_example_app(Path(tmp)), values, name=name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,3 +205,49 @@ def merged_values(values: dict[str, Any] | None = None, chart_dir: Path = CHART_
     """The values a release would use: chart defaults coalesced with `values` (Helm's own merge)."""
     with helm.Chart.load(chart_dir) as chart:
         return chart.merge_values(values)
+
+
+# ----------------------------------------------------------------------------------------------
+# The environment a pod gets
+
+
+def service_links(service: dict[str, Any], cluster_ip: str) -> dict[str, str]:
+    """The variables the kubelet writes for a Service into pods of its namespace (unless they
+    set enableServiceLinks: false), as pkg/kubelet/envvars does."""
+    name = service["metadata"]["name"].replace("-", "_").upper()
+    ports = service["spec"]["ports"]
+    env = {f"{name}_SERVICE_HOST": cluster_ip, f"{name}_SERVICE_PORT": str(ports[0]["port"])}
+    for i, port in enumerate(ports):
+        number, protocol = port["port"], port.get("protocol", "TCP")
+        if port.get("name"):
+            env[f"{name}_SERVICE_PORT_{port['name'].replace('-', '_').upper()}"] = str(number)
+        link = f"{protocol.lower()}://{cluster_ip}:{number}"
+        if i == 0:
+            env[f"{name}_PORT"] = link
+        base = f"{name}_PORT_{number}_{protocol.upper()}"
+        env.update({base: link, f"{base}_PROTO": protocol.lower(), f"{base}_PORT": str(number),
+                    f"{base}_ADDR": cluster_ip})
+    return env
+
+
+def service(name: str, ports: list[tuple[str, int]]) -> dict[str, Any]:
+    """A minimal Service object, for services_links of Services the chart does not render."""
+    return {"metadata": {"name": name},
+            "spec": {"ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports]}}
+
+
+# The API server's Service: its links are written into every pod, whatever enableServiceLinks.
+KUBERNETES_SERVICE = service("kubernetes", [("https", 443)])
+
+
+def pod_environment(workload: dict[str, Any], services: list[dict[str, Any]]) -> dict[str, str]:
+    """The proxy container's environment in a pod of `workload` in a namespace with `services`:
+    the container's own `env` values, the API server's links, and the links of `services` unless
+    the pod sets enableServiceLinks: false."""
+    env = service_links(KUBERNETES_SERVICE, "10.96.0.1")
+    if pod_spec(workload).get("enableServiceLinks", True) is not False:
+        for i, svc in enumerate(services):
+            env.update(service_links(svc, f"10.96.1.{i + 2}"))
+    container = proxy_container(workload)
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env

@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import chartlib  # noqa: E402
 
-SCENARIOS = ["default", "sidecar", "standalone-full", "tls"]
-STANDALONE_SCENARIOS = ["default", "standalone-full", "tls"]
+SCENARIOS = ["default", "shared-limit", "sidecar", "standalone-full", "tls"]
+STANDALONE_SCENARIOS = ["default", "shared-limit", "standalone-full", "tls"]
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,10 @@ def expected_config(values: dict | None, mode: str) -> dict:
     ports = merged["ports"]
     cfg.setdefault("listen", f"{'127.0.0.1' if mode == 'sidecar' else '0.0.0.0'}:{ports['proxy']}")
     cfg.setdefault("admin_listen", f"0.0.0.0:{ports['admin']}")
+    secret = merged["sharedRateLimit"]["passwordSecret"]
+    if secret["name"]:
+        cfg["rate_limit"].setdefault("shared", {})["password_file"] = \
+            f"{chartlib.REDIS_DIR}/{secret['key']}"
     return cfg
 
 
@@ -115,3 +119,43 @@ def test_listen_override_is_kept_and_mirrored_in_env():
 
 def test_same_proxy_and_admin_port_is_refused():
     render_fails({"ports": {"proxy": 9000, "admin": 9000}}, "must differ")
+
+
+def test_shared_rate_limit_password_comes_from_the_secret_as_a_file(renders, scenario_values):
+    r = renders["shared-limit"]
+    _, cfg = chartlib.config_toml(r)
+    shared = cfg["rate_limit"]["shared"]
+    values = scenario_values["shared-limit"]
+    assert shared["url"] == values["config"]["rate_limit"]["shared"]["url"]
+    assert shared["key"] == "prime-sigv4-proxy-checkout" and shared["on_error"] == "local"
+    assert shared["password_file"] == f"{chartlib.REDIS_DIR}/auth-token"
+    dep = r.one("Deployment")
+    c = chartlib.proxy_container(dep)
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == chartlib.REDIS_DIR)
+    assert mount["readOnly"] is True and "subPath" not in mount
+    volume = next(v for v in chartlib.pod_spec(dep)["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"] == {"secretName": "prime-limits-redis",
+                                "items": [{"key": "auth-token", "path": "auth-token"}]}
+    # The password itself is nowhere in what the chart renders.
+    assert "password" not in str(c.get("env", [])).lower()
+
+
+def test_no_password_secret_no_password_file():
+    r = render_ok({"config": {"rate_limit": {"shared": {"url": "redis://redis.prime.svc:6379/0"}}}})
+    _, cfg = chartlib.config_toml(r)
+    assert cfg["rate_limit"]["shared"] == {"url": "redis://redis.prime.svc:6379/0"}
+    c = chartlib.proxy_container(r.one("Deployment"))
+    assert all(m["mountPath"] != chartlib.REDIS_DIR for m in c["volumeMounts"])
+
+
+def test_a_password_secret_without_a_url_is_refused():
+    render_fails({"sharedRateLimit": {"passwordSecret": {"name": "redis"}}},
+                 "config.rate_limit.shared.url")
+
+
+@pytest.mark.parametrize("values,where", [
+    ({"config": {"rate_limit": {"shared": {"url": "http://redis:6379"}}}}, "/config/rate_limit/shared/url"),
+    ({"config": {"rate_limit": {"shared": {"on_error": "retry"}}}}, "/config/rate_limit/shared/on_error"),
+])
+def test_bad_shared_rate_limit_values_fail_rendering(values, where):
+    assert where in render_fails(values, "schema")

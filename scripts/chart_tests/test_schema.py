@@ -39,6 +39,12 @@ def test_schema_is_draft_07_and_closed_at_the_top():
     ({"config": {"upstream": {"http2": "false"}}}, "/config/upstream/http2"),
     ({"serviceMonitor": {"interval": "often"}}, "/serviceMonitor/interval"),
     ({"networkPolicy": {"enabled": True, "egressPorts": [80]}}, "egressPorts"),
+    ({"networkPolicy": {"clients": {"podLabels": {"prime-sigv4-proxy/client": True}}}},
+     "/networkPolicy/clients/podLabels"),
+    ({"networkPolicy": {"metrics": {"namespaceSelector": "monitoring"}}}, "/networkPolicy/metrics/namespaceSelector"),
+    ({"sharedRateLimit": {"password": "x"}}, "password"),
+    ({"sharedRateLimit": {"passwordSecret": {"name": "r", "key": ""}}}, "/sharedRateLimit/passwordSecret/key"),
+    ({"config": {"listener": {"max_in_flight": 0}}}, "/config/listener/max_in_flight"),
 ])
 def test_bad_values_fail_rendering(values, where):
     message = render_fails(values, "schema")

@@ -26,7 +26,7 @@ def admin_port_number(container) -> int:
 
 def test_default_ports_and_kinds(renders):
     r = renders["default"]
-    assert r.kinds() == ["ConfigMap", "Deployment", "Pod", "Service", "ServiceAccount"]
+    assert r.kinds() == ["ConfigMap", "Deployment", "NetworkPolicy", "Pod", "Service", "ServiceAccount"]
     c = chartlib.proxy_container(r.one("Deployment"))
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"http": 8080, "admin": 9901}
@@ -81,6 +81,37 @@ def test_resources_requests_and_memory_limit(deployment):
     assert res["requests"]["cpu"] and res["requests"]["memory"]
     assert res["limits"]["memory"]
     assert "cpu" not in res["limits"], "no CPU limit by default (throttling adds latency)"
+
+
+MIB = 1 << 20
+BUDGET = 64 * MIB      # listener.max_buffered_bytes, the proxy's default
+OVERHEAD = 48 * MIB    # the chart's fixed overhead (values.yaml, resources)
+
+
+def test_default_memory_follows_from_the_budget():
+    res = chartlib.proxy_container(render_ok().one("Deployment"))["resources"]
+    assert res["limits"]["memory"] == "128Mi" and res["requests"]["memory"] == "64Mi"
+    assert 128 * MIB >= BUDGET + OVERHEAD  # 112 MiB
+
+
+@pytest.mark.parametrize("budget,limit,ok", [
+    (None, "111Mi", False),
+    (None, "112Mi", True),
+    (None, str(112 * MIB), True),
+    (None, "100000Ki", False),
+    (256 * MIB, "128Mi", False),
+    (256 * MIB, "320Mi", True),
+    (256 * MIB, "1Gi", True),
+    (256 * MIB, "400M", True),  # not Ki/Mi/Gi or bytes: not checked
+])
+def test_a_memory_limit_below_budget_plus_overhead_is_refused(budget, limit, ok):
+    values = {"resources": {"limits": {"memory": limit}}}
+    if budget:
+        values["config"] = {"listener": {"max_buffered_bytes": budget}}
+    if ok:
+        render_ok(values)
+    else:
+        render_fails(values, "resources.limits.memory", "max_buffered_bytes")
 
 
 def test_config_map_mounted_read_only_and_passed_with_config(standalone, deployment):

@@ -123,6 +123,74 @@ application's own port names in the same pod (e.g. its "http" port).
 {{- end }}
 {{- end }}
 
+{{/* The peer allowed to call the proxy: pods with networkPolicy.clients.podLabels, in the
+release's namespace or in those networkPolicy.clients.namespaceSelector selects. */}}
+{{- define "prime-sigv4-proxy.networkPolicy.clientPeer" -}}
+- podSelector:
+    matchLabels:
+      {{- toYaml .Values.networkPolicy.clients.podLabels | nindent 6 }}
+  {{- if not (kindIs "invalid" .Values.networkPolicy.clients.namespaceSelector) }}
+  namespaceSelector:
+    {{- toYaml .Values.networkPolicy.clients.namespaceSelector | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+{{/* The shared rate limit's Redis URL (config.rate_limit.shared.url), or "". */}}
+{{- define "prime-sigv4-proxy.redisUrl" -}}
+{{- $limit := default (dict) (get (default (dict) .Values.config) "rate_limit") }}
+{{- $shared := default (dict) (get $limit "shared") }}
+{{- default "" (get $shared "url") }}
+{{- end }}
+
+{{/* The TCP port of that URL (6379 when it names none), or "" when the URL is empty. */}}
+{{- define "prime-sigv4-proxy.redisPort" -}}
+{{- $url := include "prime-sigv4-proxy.redisUrl" . }}
+{{- if $url }}
+{{- $authority := regexReplaceAll "^[A-Za-z]+://(?:[^/@]*@)?([^/?#]*).*$" $url "${1}" }}
+{{- $port := regexFind ":[0-9]+$" $authority | trimPrefix ":" }}
+{{- default "6379" $port }}
+{{- end }}
+{{- end }}
+
+{{/* Where the Redis password Secret is mounted (sharedRateLimit.passwordSecret). */}}
+{{- define "prime-sigv4-proxy.redisDir" -}}/etc/prime-sigv4-proxy/redis{{- end }}
+
+{{/*
+Memory: the proxy keeps buffered request and response bodies under
+config.listener.max_buffered_bytes (default 64 MiB); on top of that it needs a fixed overhead
+(code, TLS and HTTP state, connection buffers, the log buffer), taken as 48 MiB. A memory limit
+below budget + overhead could OOM-kill the pod before the budget refuses a request, so it is
+refused here. Quantities in bytes or with Ki/Mi/Gi are checked; others are left alone.
+*/}}
+{{- define "prime-sigv4-proxy.memoryOverheadBytes" -}}50331648{{- end }}
+{{- define "prime-sigv4-proxy.memoryBudgetBytes" -}}
+{{- $listener := default (dict) (get (default (dict) .Values.config) "listener") }}
+{{- int64 (default 67108864 (get $listener "max_buffered_bytes")) }}
+{{- end }}
+
+{{/* A memory quantity ("128Mi", "1Gi", "134217728") in bytes, or "" when not understood. */}}
+{{- define "prime-sigv4-proxy.quantityBytes" -}}
+{{- $q := toString . }}
+{{- if regexMatch "^[0-9]+$" $q }}{{ $q }}
+{{- else if regexMatch "^[0-9]+Ki$" $q }}{{ mul (int64 (trimSuffix "Ki" $q)) 1024 }}
+{{- else if regexMatch "^[0-9]+Mi$" $q }}{{ mul (int64 (trimSuffix "Mi" $q)) 1048576 }}
+{{- else if regexMatch "^[0-9]+Gi$" $q }}{{ mul (int64 (trimSuffix "Gi" $q)) 1073741824 }}
+{{- end }}
+{{- end }}
+
+{{- define "prime-sigv4-proxy.validateMemory" -}}
+{{- $limits := default (dict) (get (default (dict) .Values.resources) "limits") }}
+{{- with get $limits "memory" }}
+{{- $limit := include "prime-sigv4-proxy.quantityBytes" . }}
+{{- if $limit }}
+{{- $needed := add (int64 (include "prime-sigv4-proxy.memoryBudgetBytes" $)) (int64 (include "prime-sigv4-proxy.memoryOverheadBytes" $)) }}
+{{- if lt (int64 $limit) (int64 $needed) }}
+{{- fail (printf "resources.limits.memory (%s) is below config.listener.max_buffered_bytes (%d MiB) plus the proxy's fixed overhead (%d MiB) = %d MiB: raise the limit or lower the budget, or the pod is OOM-killed before the budget refuses a request" (toString .) (div (int64 (include "prime-sigv4-proxy.memoryBudgetBytes" $)) 1048576) (div (int64 (include "prime-sigv4-proxy.memoryOverheadBytes" $)) 1048576) (div (int64 $needed) 1048576)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Checks that span several values (the schema checks each value alone). */}}
 {{- define "prime-sigv4-proxy.validate" -}}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
@@ -134,6 +202,10 @@ application's own port names in the same pod (e.g. its "http" port).
 {{- if eq (int .Values.ports.proxy) (int .Values.ports.admin) }}
 {{- fail "ports.proxy and ports.admin must differ" }}
 {{- end }}
+{{- if and .Values.sharedRateLimit.passwordSecret.name (not (include "prime-sigv4-proxy.redisUrl" .)) }}
+{{- fail "sharedRateLimit.passwordSecret is set but config.rate_limit.shared.url is empty: the password is for the shared rate limit's Redis" }}
+{{- end }}
+{{- include "prime-sigv4-proxy.validateMemory" . }}
 {{- $graceMs := int64 (default 10000 .Values.config.shutdown_grace_ms) }}
 {{- $neededMs := add $graceMs (mul (int64 .Values.lifecycle.preStopSleepSeconds) 1000) }}
 {{- if le (mul (int64 .Values.terminationGracePeriodSeconds) 1000) $neededMs }}
@@ -162,6 +234,13 @@ file paths). Rendered as TOML by "prime-sigv4-proxy.configToml".
 {{- end }}
 {{- end }}
 {{- $_ := set $cfg "tls" $tls }}
+{{- end }}
+{{- if .Values.sharedRateLimit.passwordSecret.name }}
+{{- $limit := deepCopy (default (dict) (get $cfg "rate_limit")) }}
+{{- $shared := deepCopy (default (dict) (get $limit "shared")) }}
+{{- $_ := set $shared "password_file" (printf "%s/%s" (include "prime-sigv4-proxy.redisDir" .) .Values.sharedRateLimit.passwordSecret.key) }}
+{{- $_ := set $limit "shared" $shared }}
+{{- $_ := set $cfg "rate_limit" $limit }}
 {{- end -}}
 # prime-sigv4-proxy configuration, rendered by the Helm chart {{ include "prime-sigv4-proxy.chart" . }}
 # from the `config` value. Built-in defaults apply to keys not set here; PRIME_PROXY_* environment
@@ -346,6 +425,13 @@ file paths). Rendered as TOML by "prime-sigv4-proxy.configToml".
       readOnly: true
     {{- end }}
     {{- end }}
+    {{- if .Values.sharedRateLimit.passwordSecret.name }}
+    # The Redis password of the shared rate limit, read from a file (never an environment
+    # variable, never in config.toml).
+    - name: prime-sigv4-proxy-redis
+      mountPath: {{ include "prime-sigv4-proxy.redisDir" . }}
+      readOnly: true
+    {{- end }}
     {{- with .Values.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -370,6 +456,16 @@ file paths). Rendered as TOML by "prime-sigv4-proxy.configToml".
     items:
       - key: {{ .Values.tls.clientCaKey }}
         path: {{ .Values.tls.clientCaKey }}
+{{- end }}
+{{- end }}
+{{- with .Values.sharedRateLimit.passwordSecret }}
+{{- if .name }}
+- name: prime-sigv4-proxy-redis
+  secret:
+    secretName: {{ .name }}
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
 {{- end }}
 {{- end }}
 {{- with .Values.extraVolumes }}
