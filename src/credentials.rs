@@ -1,8 +1,13 @@
 //! IAM credentials for signing: the standard AWS chain (optionally assuming a role on top),
 //! held in memory and refreshed by a background task well before they expire.
 //!
-//! The request path only ever reads the current credentials (a lock-free load); it never
-//! waits on a refresh while valid ones are held, and never gets expired ones.
+//! The request path reads the current credentials (a lock-free load); it never waits on a
+//! refresh while valid ones are held, and never gets expired ones. The refresh schedule is
+//! kept in wall-clock time: after a laptop sleeps past the expiry, the refresher's timers
+//! (monotonic time, which stops during suspend) have not fired, so the refresher re-reads the
+//! wall clock every [`WALL_CLOCK_CHECK`], and the first request that finds the held
+//! credentials expired wakes it at once; every request arriving meanwhile waits (bounded) on
+//! that same fetch.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -28,6 +33,8 @@ const STATIC_REFRESH: Duration = Duration::from_secs(900);
 const MIN_REFRESH: Duration = Duration::from_millis(200);
 /// One fetch from the chain may take this long (IMDS and STS calls have their own retries).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// While waiting for the next refresh, the refresher re-reads the wall clock this often.
+pub const WALL_CLOCK_CHECK: Duration = Duration::from_secs(1);
 /// Backoff after a failed fetch: doubles from the first to the last value.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -63,15 +70,29 @@ impl HeldCredentials {
 #[derive(Debug)]
 pub struct CredentialStore {
     current: ArcSwapOption<HeldCredentials>,
-    /// Becomes true once the first fetch has finished, successfully or not.
-    first_fetch_done: watch::Sender<bool>,
+    /// How many fetches have finished (successfully or not), and when the last one did.
+    fetches: watch::Sender<Fetches>,
+    /// The fetch count requests are waiting for: while it is above the count of finished
+    /// fetches, the refresher fetches at once. Only the refresher subscribes.
+    wanted: watch::Sender<u64>,
+}
+
+/// The refresher's progress, as requests see it.
+#[derive(Clone, Copy, Debug)]
+struct Fetches {
+    done: u64,
+    last_ended: SystemTime,
 }
 
 impl CredentialStore {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             current: ArcSwapOption::empty(),
-            first_fetch_done: watch::Sender::new(false),
+            fetches: watch::Sender::new(Fetches {
+                done: 0,
+                last_ended: SystemTime::UNIX_EPOCH,
+            }),
+            wanted: watch::Sender::new(0),
         })
     }
 
@@ -81,7 +102,7 @@ impl CredentialStore {
         if let Err(error) = store.store(credentials) {
             tracing::error!(%error, "credentials not usable for signing");
         }
-        store.first_fetch_done.send_replace(true);
+        store.fetch_finished(SystemTime::now());
         store
     }
 
@@ -93,13 +114,29 @@ impl CredentialStore {
         Ok(())
     }
 
+    /// Records the end of a fetch (after its credentials, if any, are stored); returns the
+    /// count of finished fetches.
+    fn fetch_finished(&self, at: SystemTime) -> u64 {
+        let mut done = 0;
+        self.fetches.send_modify(|fetches| {
+            fetches.done += 1;
+            fetches.last_ended = at;
+            done = fetches.done;
+        });
+        done
+    }
+
     /// The held credentials if they are still valid at `now`.
     pub fn valid(&self, now: SystemTime) -> Option<Arc<HeldCredentials>> {
         self.current.load_full().filter(|held| held.valid_at(now))
     }
 
-    /// Like [`CredentialStore::valid`], but right after start, while the first fetch is still
-    /// running, waits up to `wait` for it instead of failing the request.
+    /// Like [`CredentialStore::valid`], but waits up to `wait` for a fetch instead of failing
+    /// the request when one is coming: right after start, while the first fetch is running;
+    /// and when the held credentials have expired with no fetch since (the machine slept past
+    /// their expiry), in which case it asks the refresher for that fetch now. Concurrent
+    /// requests wait on the same fetch. Otherwise (no credentials found, a fetch already
+    /// failed since they expired) it fails at once and the refresher's backoff goes on.
     pub async fn valid_or_first(
         &self,
         wait: Duration,
@@ -107,9 +144,36 @@ impl CredentialStore {
         if let Some(held) = self.valid(SystemTime::now()) {
             return Ok(held);
         }
-        let mut done = self.first_fetch_done.subscribe();
-        let _ = tokio::time::timeout(wait, done.wait_for(|done| *done)).await;
+        let mut fetches = self.fetches.subscribe();
+        let seen = *fetches.borrow_and_update();
+        let coming = if seen.done == 0 {
+            true
+        } else if self.expired_after(seen.last_ended) && self.wanted.receiver_count() > 0 {
+            let next = seen.done + 1;
+            self.wanted.send_if_modified(|wanted| {
+                let raise = *wanted < next;
+                if raise {
+                    *wanted = next;
+                }
+                raise
+            });
+            true
+        } else {
+            false
+        };
+        if coming {
+            let _ = tokio::time::timeout(wait, fetches.wait_for(|f| f.done > seen.done)).await;
+        }
         self.valid(SystemTime::now()).ok_or(CredentialsError)
+    }
+
+    /// True when the held credentials have an expiry later than `moment`.
+    fn expired_after(&self, moment: SystemTime) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .and_then(|held| held.expiry)
+            .is_some_and(|expiry| expiry > moment)
     }
 
     /// Seconds until the held credentials expire: 0 with none or expired ones, `f64::MAX` for
@@ -171,43 +235,150 @@ impl ProvideCredentials for NoCredentials {
 }
 
 /// Keeps `store` filled from `provider` for ever (the task is aborted at shutdown).
+///
+/// Logs one WARN when the proxy finds itself without credentials (which sources were tried,
+/// how to provide some) and one INFO when it has some again; the failures in between are
+/// DEBUG lines.
 pub async fn refresh_forever(provider: SharedCredentialsProvider, store: Arc<CredentialStore>) {
+    let mut wanted = store.wanted.subscribe();
     let mut failures: u32 = 0;
+    let mut missing_since: Option<SystemTime> = None;
     loop {
         let fetched = fetch(&provider).await;
         let now = SystemTime::now();
-        let wait = match fetched.and_then(|credentials| {
+        let next = match fetched.and_then(|credentials| {
             store.store(&credentials).map_err(|e| e.to_string())?;
             Ok(credentials)
         }) {
             Ok(credentials) => {
                 failures = 0;
                 let wait = next_refresh(now, credentials.expiry());
-                tracing::info!(
-                    expires_in_s = credentials
-                        .expiry()
-                        .and_then(|e| e.duration_since(now).ok())
-                        .map(|d| d.as_secs()),
-                    next_refresh_s = wait.as_secs_f64(),
-                    temporary = credentials.session_token().is_some(),
-                    "AWS credentials loaded"
-                );
-                wait
+                let expires_in_s = credentials
+                    .expiry()
+                    .and_then(|e| e.duration_since(now).ok())
+                    .map(|d| d.as_secs());
+                let temporary = credentials.session_token().is_some();
+                match missing_since.take() {
+                    Some(since) => tracing::info!(
+                        without_s = now.duration_since(since).unwrap_or_default().as_secs(),
+                        expires_in_s,
+                        temporary,
+                        "AWS credentials found: requests are signed again"
+                    ),
+                    None => tracing::info!(
+                        expires_in_s,
+                        next_refresh_s = wait.as_secs_f64(),
+                        temporary,
+                        "AWS credentials loaded"
+                    ),
+                }
+                Next::At(now + wait)
             }
             Err(reason) => {
                 let wait = retry_delay(failures);
                 failures = failures.saturating_add(1);
+                let retry_in_s = wait.as_secs_f64();
                 if store.valid(now).is_some() {
-                    tracing::warn!(%reason, retry_in_s = wait.as_secs_f64(), "refreshing AWS credentials failed; still signing with the valid ones held");
+                    let reason = short(&reason);
+                    tracing::warn!(%reason, retry_in_s, "refreshing AWS credentials failed; still signing with the valid ones held");
+                } else if missing_since.is_none() {
+                    missing_since = Some(now);
+                    warn_no_credentials(&reason);
                 } else {
-                    tracing::error!(%reason, retry_in_s = wait.as_secs_f64(), "no AWS credentials: requests get 503 credentials_unavailable and /readyz is 503 until some are found");
+                    tracing::debug!(%reason, retry_in_s, "still no AWS credentials");
                 }
-                wait
+                Next::After(wait)
             }
         };
-        store.first_fetch_done.send_replace(true);
-        tokio::time::sleep(wait).await;
+        let done = store.fetch_finished(now);
+        let asked = wanted.wait_for(|wanted| *wanted > done);
+        match next {
+            Next::At(at) => {
+                tokio::select! {
+                    () = until(at) => {}
+                    _ = asked => {}
+                }
+            }
+            Next::After(wait) => {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = asked => {}
+                }
+            }
+        }
     }
+}
+
+/// When the refresher fetches next.
+enum Next {
+    /// At this wall-clock time (the credentials' schedule).
+    At(SystemTime),
+    /// After this backoff.
+    After(Duration),
+}
+
+/// Completes once the wall clock reaches `at`, at most [`WALL_CLOCK_CHECK`] late even when
+/// the machine slept meanwhile.
+async fn until(at: SystemTime) {
+    loop {
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(WALL_CLOCK_CHECK)).await;
+    }
+}
+
+/// What someone starting the proxy without credentials needs to know, in one line.
+const HOW_TO_PROVIDE: &str = "AWS_PROFILE (after `aws sso login`), AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, EKS IRSA or EKS Pod Identity; RUST_LOG=aws_config=debug shows each source's answer";
+
+/// The one line that says the proxy has no credentials.
+fn warn_no_credentials(reason: &str) {
+    let message = "no AWS credentials: requests get 503 until some are found";
+    match sources_tried(reason) {
+        Some(tried) => tracing::warn!(tried = %tried, provide_with = HOW_TO_PROVIDE, "{message}"),
+        None => {
+            let reason = short(reason);
+            tracing::warn!(%reason, provide_with = HOW_TO_PROVIDE, "{message}");
+        }
+    }
+}
+
+/// The sources the default chain tried, in plain words, when none of them had credentials:
+/// aws-config lists them as `Attempted:` lines of `Name: why not`.
+fn sources_tried(reason: &str) -> Option<String> {
+    let (_, attempted) = reason.split_once("Attempted:")?;
+    let names: Vec<&str> = attempted
+        .lines()
+        .skip(1)
+        .take_while(|line| line.starts_with(' '))
+        .filter_map(|line| line.trim().split_once(':').map(|(name, _)| name))
+        .filter(|name| !name.is_empty() && !name.contains(' '))
+        .map(|name| match name {
+            "Environment" => "environment",
+            "Profile" => "profile files",
+            "WebIdentityToken" => "web identity (IRSA)",
+            "EcsContainer" => "container endpoint (ECS, Pod Identity)",
+            "Ec2InstanceMetadata" => "EC2 instance metadata",
+            other => other,
+        })
+        .collect();
+    (!names.is_empty()).then(|| names.join(", "))
+}
+
+/// A failure reason cut to one short line: the chain's errors can run to kilobytes (the
+/// IMDS connector's debug dump); the whole text is in the DEBUG lines.
+fn short(reason: &str) -> String {
+    const MAX: usize = 240;
+    let line = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.len() <= MAX {
+        return line;
+    }
+    let mut end = MAX;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end])
 }
 
 /// One fetch from the chain: unexpired credentials, or why there are none. The reasons come
@@ -288,6 +459,257 @@ mod tests {
         assert_eq!(store.seconds_to_expiry(now + Duration::from_secs(3)), 0.0);
         let left = store.seconds_to_expiry(now);
         assert!(left > 1.9 && left <= 2.0, "{left}");
+    }
+
+    /// What the scripted provider does on one call.
+    #[derive(Debug, Clone, Copy)]
+    enum Answer {
+        /// Credentials with this key id, expiring this long after the call (wall clock).
+        Key(&'static str, Duration),
+        Fail,
+        Hang,
+    }
+
+    /// A provider the test controls: answers from a script (then fails), counts its calls,
+    /// and takes 50 ms (of tokio time) per call, so that requests overlap with a fetch.
+    #[derive(Debug, Default)]
+    struct Script {
+        calls: std::sync::atomic::AtomicUsize,
+        answers: std::sync::Mutex<std::collections::VecDeque<Answer>>,
+    }
+
+    #[derive(Debug)]
+    struct Scripted(Arc<Script>);
+
+    impl Script {
+        fn new(answers: impl IntoIterator<Item = Answer>) -> Arc<Self> {
+            let script = Arc::new(Script::default());
+            script.answers.lock().unwrap().extend(answers);
+            script
+        }
+
+        fn provider(self: &Arc<Self>) -> SharedCredentialsProvider {
+            SharedCredentialsProvider::new(Scripted(Arc::clone(self)))
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl ProvideCredentials for Scripted {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            self.0
+                .calls
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answer = self.0.answers.lock().unwrap().pop_front();
+            aws_credential_types::provider::future::ProvideCredentials::new(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                match answer.unwrap_or(Answer::Fail) {
+                    Answer::Key(id, lifetime) => Ok(Credentials::new(
+                        id,
+                        "scripted/secret",
+                        Some("scripted-token".into()),
+                        Some(SystemTime::now() + lifetime),
+                        "script",
+                    )),
+                    Answer::Fail => Err(
+                        aws_credential_types::provider::error::CredentialsError::not_loaded(
+                            "scripted failure",
+                        ),
+                    ),
+                    Answer::Hang => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    fn key_of(held: &HeldCredentials) -> String {
+        // The signer keeps the key id private; its Debug shows it (and redacts the secret).
+        let debug = format!("{:?}", held.identity);
+        ["AKIDBEFORESLEEP", "AKIDAFTERWAKE", "AKIDAFTERSCHEDULE"]
+            .into_iter()
+            .find(|key| debug.contains(key))
+            .unwrap_or("unknown")
+            .to_owned()
+    }
+
+    /// A laptop suspend, as the proxy sees it: the wall clock moves on, tokio's clock (paused
+    /// in these tests, monotonic in production, which stops during suspend) does not.
+    fn suspend(duration: Duration) {
+        std::thread::sleep(duration);
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_after_a_sleep_share_one_refresh_and_get_the_new_key() {
+        let script = Script::new([
+            Answer::Key("AKIDBEFORESLEEP", Duration::from_millis(300)),
+            Answer::Key("AKIDAFTERWAKE", Duration::from_secs(3600)),
+        ]);
+        let store = CredentialStore::new();
+        let refresher = tokio::spawn(refresh_forever(script.provider(), Arc::clone(&store)));
+        let before = store.valid_or_first(WAIT).await.unwrap();
+        assert_eq!(key_of(&before), "AKIDBEFORESLEEP");
+        assert_eq!(script.calls(), 1);
+
+        suspend(Duration::from_millis(400));
+        assert!(
+            store.valid(SystemTime::now()).is_none(),
+            "expired by the wall clock"
+        );
+        let woke = tokio::time::Instant::now();
+        let requests: Vec<_> = (0..20)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.valid_or_first(WAIT).await })
+            })
+            .collect();
+        for request in requests {
+            let held = request.await.unwrap().expect("signed, not 503");
+            assert_eq!(key_of(&held), "AKIDAFTERWAKE");
+        }
+        assert_eq!(script.calls(), 2, "one fetch for all 20 requests");
+        assert_eq!(
+            woke.elapsed(),
+            Duration::from_millis(50),
+            "the one fetch's time"
+        );
+        refresher.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_refresher_follows_the_wall_clock_across_a_sleep() {
+        // Refreshed half-way: 2 s after the fetch by the wall clock.
+        let script = Script::new([
+            Answer::Key("AKIDBEFORESLEEP", Duration::from_secs(4)),
+            Answer::Key("AKIDAFTERSCHEDULE", Duration::from_secs(3600)),
+        ]);
+        let store = CredentialStore::new();
+        let refresher = tokio::spawn(refresh_forever(script.provider(), Arc::clone(&store)));
+        store.valid_or_first(WAIT).await.unwrap();
+
+        suspend(Duration::from_millis(2_200));
+        // No request: within one wall-clock check the refresher notices on its own. A timer
+        // set for 2 s of monotonic time would still have most of a second to go.
+        tokio::time::sleep(WALL_CLOCK_CHECK + Duration::from_millis(500)).await;
+        assert_eq!(script.calls(), 2);
+        let held = store.valid(SystemTime::now()).unwrap();
+        assert_eq!(key_of(&held), "AKIDAFTERSCHEDULE");
+        refresher.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_that_fails_after_a_sleep_is_not_repeated_by_every_request() {
+        let script = Script::new([
+            Answer::Key("AKIDBEFORESLEEP", Duration::from_millis(300)),
+            Answer::Fail,
+        ]);
+        let store = CredentialStore::new();
+        let refresher = tokio::spawn(refresh_forever(script.provider(), Arc::clone(&store)));
+        store.valid_or_first(WAIT).await.unwrap();
+
+        suspend(Duration::from_millis(400));
+        let requests: Vec<_> = (0..20)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.valid_or_first(WAIT).await })
+            })
+            .collect();
+        for request in requests {
+            assert!(request.await.unwrap().is_err());
+        }
+        assert_eq!(script.calls(), 2);
+        // Later requests fail at once; the refresher's backoff decides the next fetch.
+        let asked = tokio::time::Instant::now();
+        for _ in 0..20 {
+            assert!(store.valid_or_first(WAIT).await.is_err());
+        }
+        assert_eq!(asked.elapsed(), Duration::ZERO);
+        assert_eq!(script.calls(), 2);
+        tokio::time::sleep(RETRY_FIRST + Duration::from_millis(100)).await;
+        assert_eq!(script.calls(), 3, "retried after the first backoff");
+        refresher.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_refresh_holds_requests_no_longer_than_the_wait() {
+        let script = Script::new([
+            Answer::Key("AKIDBEFORESLEEP", Duration::from_millis(300)),
+            Answer::Hang,
+        ]);
+        let store = CredentialStore::new();
+        let refresher = tokio::spawn(refresh_forever(script.provider(), Arc::clone(&store)));
+        store.valid_or_first(WAIT).await.unwrap();
+
+        suspend(Duration::from_millis(400));
+        let requests: Vec<_> = (0..20)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let asked = tokio::time::Instant::now();
+                    let result = store.valid_or_first(WAIT).await;
+                    (result.is_err(), asked.elapsed())
+                })
+            })
+            .collect();
+        for request in requests {
+            assert_eq!(request.await.unwrap(), (true, WAIT));
+        }
+        assert_eq!(script.calls(), 2);
+        refresher.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_any_credentials_requests_fail_at_once_after_the_first_fetch() {
+        let script = Script::new([Answer::Fail]);
+        let store = CredentialStore::new();
+        let refresher = tokio::spawn(refresh_forever(script.provider(), Arc::clone(&store)));
+        let started = tokio::time::Instant::now();
+        assert!(store.valid_or_first(WAIT).await.is_err());
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(50),
+            "waited for the first"
+        );
+        let asked = tokio::time::Instant::now();
+        assert!(store.valid_or_first(WAIT).await.is_err());
+        assert_eq!(asked.elapsed(), Duration::ZERO);
+        assert_eq!(script.calls(), 1);
+        refresher.abort();
+    }
+
+    /// The default chain's error with nothing configured and IMDS refusing connections, as
+    /// aws-config 1.x writes it.
+    const NOTHING_FOUND: &str = "the credential provider was not enabled: no credentials found in chain. Attempted:\n  Environment: the credential provider was not enabled: environment variable not set\n  Profile: the credential provider was not enabled\n  WebIdentityToken: the credential provider was not enabled: $AWS_WEB_IDENTITY_TOKEN_FILE was not set\n  EcsContainer: the credential provider was not enabled: ECS provider not configured\n  Ec2InstanceMetadata: the credential provider was not enabled: could not communicate with IMDS: dispatch failure: io error: client error (Connect): tcp connect error: Connection refused (os error 111)";
+
+    #[test]
+    fn the_sources_tried_are_named_in_plain_words() {
+        assert_eq!(
+            sources_tried(NOTHING_FOUND).as_deref(),
+            Some("environment, profile files, web identity (IRSA), container endpoint (ECS, Pod Identity), EC2 instance metadata")
+        );
+        assert_eq!(sources_tried("dispatch failure: io error"), None);
+    }
+
+    #[test]
+    fn reasons_are_cut_to_one_short_line() {
+        let reason = short(NOTHING_FOUND);
+        assert!(!reason.contains('\n'));
+        assert!(reason.len() <= 240 + '…'.len_utf8(), "{}", reason.len());
+        assert!(reason.ends_with('…'));
+        assert_eq!(
+            short("profile  `dev`\nnot found"),
+            "profile `dev` not found"
+        );
+        let wide = "é".repeat(200);
+        assert!(short(&wide).ends_with('…'));
     }
 
     #[test]

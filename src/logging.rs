@@ -2,16 +2,18 @@
 //! `PRIME_PROXY_LOG_FORMAT=text`, level from `RUST_LOG` (default `info`), with caps on
 //! libraries that would otherwise log secrets at their most verbose levels.
 
+use std::cell::Cell;
 use std::fmt::{self, Write as _};
-use std::io::Write as _;
+use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::counter::Counter;
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
-use tracing::Metadata;
-use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{filter_fn, EnvFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -47,25 +49,39 @@ pub struct LogGuard {
     pub warning: Option<String>,
 }
 
+/// Log lines dropped because stdout was not being read (`prime_proxy_log_lines_dropped_total`).
+pub static LINES_DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+
 /// Installs the global subscriber.
 ///
 /// Lines are collected in memory and written to stdout by a dedicated thread every
-/// [`FLUSH_EVERY`], so a slow log pipe never blocks a request task and no request pays for
-/// waking a writer thread. Nothing is dropped: if the pipe stalls and [`MAX_PENDING`] bytes
-/// pile up, the thread that finds the buffer full writes it itself.
+/// [`FLUSH_EVERY`], so no request thread ever writes stdout and no request pays for waking
+/// a writer thread. If stdout stops being read, at most [`MAX_PENDING`] bytes pile up; lines
+/// beyond that are dropped and counted ([`LINES_DROPPED`]), and once the writer gets through
+/// again one line says how many were dropped since when.
 pub fn init() -> LogGuard {
+    let rust_log = std::env::var("RUST_LOG").unwrap_or_default();
     let levels = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let debug_targets = DebugTargets::parse(&rust_log);
     let format = std::env::var("PRIME_PROXY_LOG_FORMAT").unwrap_or_default();
     let format = format.to_ascii_lowercase();
     let (writer, flush_guard) = BatchedStdout::start();
     let base = tracing_subscriber::fmt::layer().with_writer(writer);
     let layer = if format == "text" {
-        base.boxed()
+        // Colour codes only for a person at a terminal: in a pipe, a file or `kubectl logs`
+        // they show up as `^[[2m` noise.
+        base.with_ansi(std::io::stdout().is_terminal()).boxed()
     } else {
         base.event_format(JsonLines).boxed()
     };
     tracing_subscriber::registry()
-        .with(layer.with_filter(levels).with_filter(filter_fn(allowed)))
+        .with(
+            layer
+                .with_filter(levels)
+                .with_filter(filter_fn(move |metadata| {
+                    allowed(metadata) && debug_targets.shows(metadata)
+                })),
+        )
         .init();
     let warning = match format.as_str() {
         "" | "json" | "text" => None,
@@ -79,29 +95,142 @@ pub fn init() -> LogGuard {
     }
 }
 
+/// Libraries whose own warnings (and infos and errors) are shown only when `RUST_LOG` enables
+/// DEBUG for them. The AWS SDK warns about every credential source it tries (the IMDS error
+/// dump, about 1.5 KB a line, on every retry); the proxy says once, in plain words, what is
+/// missing (`credentials::refresh_forever`).
+const DEBUG_ONLY: &[&str] = &[
+    "aws_config",
+    "aws_credential_types",
+    "aws_runtime",
+    "aws_sdk_",
+    "aws_smithy",
+    "aws_types",
+];
+
+/// The targets `RUST_LOG` enables DEBUG for, as far as its simple `target=level` directives
+/// say (a filter tracing-subscriber cannot parse that way counts as `info`).
+struct DebugTargets(Targets);
+
+impl DebugTargets {
+    fn parse(rust_log: &str) -> Self {
+        let targets = rust_log
+            .parse::<Targets>()
+            .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
+        Self(targets)
+    }
+
+    /// False for a [`DEBUG_ONLY`] library's event above DEBUG when DEBUG is not enabled for
+    /// its target; true for everything else.
+    fn shows(&self, metadata: &Metadata<'_>) -> bool {
+        let target = metadata.target();
+        *metadata.level() > Level::INFO
+            || !DEBUG_ONLY.iter().any(|prefix| target.starts_with(prefix))
+            || self.0.would_enable(target, &Level::DEBUG)
+    }
+}
+
 /// How often collected log lines are written out.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
-/// Collected bytes beyond which the logging thread writes them out itself.
-const MAX_PENDING: usize = 4 * 1024 * 1024;
+/// Collected bytes beyond which new lines are dropped until the writer catches up: with the
+/// batch being written, log lines hold at most twice this in memory.
+pub const MAX_PENDING: usize = 4 * 1024 * 1024;
 
-/// Log lines waiting to be written.
+thread_local! {
+    /// Set on the writer thread while it logs the "lines dropped" report, which is never
+    /// dropped itself.
+    static REPORTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Log lines waiting to be written, and what was dropped since the last write.
 #[derive(Default)]
+struct Collected {
+    bytes: Vec<u8>,
+    dropped: u64,
+    first_dropped_at: Option<SystemTime>,
+}
+
+/// Lines dropped between two writes.
+#[derive(Debug, PartialEq)]
+struct Dropped {
+    lines: u64,
+    since: SystemTime,
+}
+
+impl Dropped {
+    /// Logs the report through the subscriber, so it has the configured format; it lands
+    /// right after the lines written before the gap.
+    fn report(&self) {
+        let mut since = String::with_capacity(32);
+        push_timestamp(&mut since, self.since);
+        REPORTING.with(|reporting| reporting.set(true));
+        tracing::warn!(
+            dropped = self.lines,
+            since = %since,
+            "log lines dropped: stdout was not being read"
+        );
+        REPORTING.with(|reporting| reporting.set(false));
+    }
+}
+
+/// The lines collected by every thread, written out by the writer thread alone.
 struct Pending {
-    bytes: Mutex<Vec<u8>>,
+    collected: Mutex<Collected>,
+    limit: usize,
     stop: AtomicBool,
 }
 
 impl Pending {
-    /// Writes out whatever is collected. Only the lock's holder touches stdout, so lines stay
-    /// in order; the lock is released before the (possibly slow) write.
-    fn flush(&self) {
-        let batch = match self.bytes.lock() {
-            Ok(mut bytes) if !bytes.is_empty() => std::mem::take(&mut *bytes),
-            _ => return,
+    fn new(limit: usize) -> Self {
+        Self {
+            collected: Mutex::new(Collected::default()),
+            limit,
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Adds one formatted line, or drops and counts it when `limit` bytes are waiting.
+    fn append(&self, line: &[u8]) {
+        let Ok(mut collected) = self.collected.lock() else {
+            return;
         };
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(&batch);
-        let _ = stdout.flush();
+        if collected.bytes.len() + line.len() > self.limit && !REPORTING.with(Cell::get) {
+            collected.dropped += 1;
+            collected
+                .first_dropped_at
+                .get_or_insert_with(SystemTime::now);
+            drop(collected);
+            LINES_DROPPED.inc();
+            return;
+        }
+        collected.bytes.extend_from_slice(line);
+    }
+
+    /// Takes the collected lines and the record of what was dropped after them.
+    fn take(&self) -> (Vec<u8>, Option<Dropped>) {
+        let Ok(mut collected) = self.collected.lock() else {
+            return (Vec::new(), None);
+        };
+        let bytes = std::mem::take(&mut collected.bytes);
+        let dropped = collected.first_dropped_at.take().map(|since| Dropped {
+            lines: std::mem::take(&mut collected.dropped),
+            since,
+        });
+        (bytes, dropped)
+    }
+
+    /// Writes out whatever is collected (this may block on a stalled pipe: only the writer
+    /// thread calls it, and the lock is not held meanwhile). A gap of dropped lines is
+    /// reported by a line collected now, which the next write puts after this batch.
+    fn write_to(&self, out: &mut impl std::io::Write) {
+        let (batch, dropped) = self.take();
+        if let Some(dropped) = dropped {
+            dropped.report();
+        }
+        if !batch.is_empty() {
+            let _ = out.write_all(&batch);
+            let _ = out.flush();
+        }
     }
 }
 
@@ -117,16 +246,18 @@ struct FlushOnDrop {
 
 impl BatchedStdout {
     fn start() -> (Self, FlushOnDrop) {
-        let pending = Arc::new(Pending::default());
+        let pending = Arc::new(Pending::new(MAX_PENDING));
         let worker = Arc::clone(&pending);
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
                 while !worker.stop.load(Ordering::Acquire) {
                     std::thread::park_timeout(FLUSH_EVERY);
-                    worker.flush();
+                    worker.write_to(&mut std::io::stdout().lock());
                 }
-                worker.flush();
+                // Twice: the second writes a report collected by the first.
+                worker.write_to(&mut std::io::stdout().lock());
+                worker.write_to(&mut std::io::stdout().lock());
             })
             .ok();
         (Self(Arc::clone(&pending)), FlushOnDrop { pending, thread })
@@ -136,11 +267,14 @@ impl BatchedStdout {
 impl Drop for FlushOnDrop {
     fn drop(&mut self) {
         self.pending.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
+        match self.thread.take() {
+            Some(thread) => {
+                thread.thread().unpark();
+                let _ = thread.join();
+            }
+            // No writer thread could be started: write what is collected now, at exit.
+            None => self.pending.write_to(&mut std::io::stdout().lock()),
         }
-        self.pending.flush();
     }
 }
 
@@ -152,21 +286,12 @@ impl<'a> MakeWriter<'a> for BatchedStdout {
     }
 }
 
-/// Appends one formatted line to the pending batch.
+/// Appends one formatted line to the pending batch (the formatter writes a line at once).
 pub struct LineSink<'a>(&'a Pending);
 
 impl std::io::Write for LineSink<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let full = match self.0.bytes.lock() {
-            Ok(mut bytes) => {
-                bytes.extend_from_slice(buf);
-                bytes.len() > MAX_PENDING
-            }
-            Err(_) => false,
-        };
-        if full {
-            self.0.flush();
-        }
+        self.0.append(buf);
         Ok(buf.len())
     }
 
@@ -371,6 +496,169 @@ mod tests {
         assert!(first["timestamp"].as_str().unwrap().ends_with('Z'));
         assert_eq!(lines[1]["error"], "boom");
         assert_eq!(lines[1]["level"], "WARN");
+    }
+
+    fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
+        String::from_utf8(bytes.to_vec())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn past_the_limit_lines_are_dropped_counted_and_reported_once_after_the_gap() {
+        let pending = Arc::new(Pending::new(1_000));
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(JsonLines)
+            .with_writer(BatchedStdout(Arc::clone(&pending)))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let counted_before = LINES_DROPPED.get();
+            let started = SystemTime::now();
+            for i in 0..50u64 {
+                tracing::info!(i, "line");
+            }
+            let mut first = Vec::new();
+            pending.write_to(&mut first);
+            let kept = json_lines(&first);
+            assert!(!kept.is_empty() && kept.len() < 50, "{} kept", kept.len());
+            assert!(first.len() <= 1_000);
+            for (i, line) in kept.iter().enumerate() {
+                assert_eq!(line["i"], i as u64, "the lines before the gap, in order");
+            }
+            let dropped = 50 - kept.len() as u64;
+            assert_eq!(LINES_DROPPED.get() - counted_before, dropped);
+
+            tracing::info!("after the gap");
+            let mut second = Vec::new();
+            pending.write_to(&mut second);
+            let lines = json_lines(&second);
+            assert_eq!(lines.len(), 2, "{lines:?}");
+            let report = &lines[0];
+            assert_eq!(report["level"], "WARN");
+            assert_eq!(
+                report["message"],
+                "log lines dropped: stdout was not being read"
+            );
+            assert_eq!(report["dropped"], dropped);
+            let mut earliest = String::new();
+            push_timestamp(&mut earliest, started);
+            let since = report["since"].as_str().unwrap();
+            assert!(since >= earliest.as_str(), "{since} < {earliest}");
+            assert_eq!(lines[1]["message"], "after the gap");
+
+            // Nothing dropped since: no second report.
+            let mut third = Vec::new();
+            pending.write_to(&mut third);
+            assert!(third.is_empty(), "{:?}", String::from_utf8_lossy(&third));
+        });
+    }
+
+    #[test]
+    fn the_report_itself_is_kept_when_the_batch_is_full() {
+        let pending = Arc::new(Pending::new(300));
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(JsonLines)
+            .with_writer(BatchedStdout(Arc::clone(&pending)))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..10u64 {
+                tracing::info!(i, "filler line to fill the small batch");
+            }
+            Dropped {
+                lines: 7,
+                since: UNIX_EPOCH,
+            }
+            .report();
+            tracing::info!("dropped again");
+            let (bytes, dropped) = pending.take();
+            let lines = json_lines(&bytes);
+            let last = lines.last().unwrap();
+            assert_eq!(last["dropped"], 7);
+            assert_eq!(last["since"], "1970-01-01T00:00:00.000000Z");
+            let fillers = lines.len() as u64 - 1;
+            assert!(fillers < 10, "the batch was full");
+            // The fillers past the limit, and the line after the report.
+            assert_eq!(dropped.map(|d| d.lines), Some(10 - fillers + 1));
+        });
+    }
+
+    fn event_metadata(target: &'static str, level: Level) -> bool {
+        // A callsite per (target, level) is what tracing would build; `Metadata::new` gives the
+        // same fields without one.
+        static FIELDS: &[&str] = &[];
+        struct Callsite;
+        impl tracing::callsite::Callsite for Callsite {
+            fn set_interest(&self, _: tracing::subscriber::Interest) {}
+            fn metadata(&self) -> &Metadata<'_> {
+                unreachable!()
+            }
+        }
+        static CALLSITE: Callsite = Callsite;
+        let metadata = Metadata::new(
+            "event",
+            target,
+            level,
+            None,
+            None,
+            None,
+            tracing::field::FieldSet::new(FIELDS, tracing::callsite::Identifier(&CALLSITE)),
+            tracing::metadata::Kind::EVENT,
+        );
+        SHOWN.with(|targets| targets.borrow().shows(&metadata))
+    }
+
+    thread_local! {
+        static SHOWN: std::cell::RefCell<DebugTargets> =
+            std::cell::RefCell::new(DebugTargets::parse(""));
+    }
+
+    fn with_rust_log(rust_log: &str) {
+        SHOWN.with(|targets| *targets.borrow_mut() = DebugTargets::parse(rust_log));
+    }
+
+    #[test]
+    fn aws_library_warnings_show_only_when_debug_is_enabled_for_them() {
+        for rust_log in ["", "info", "warn", "prime_sigv4_proxy=debug", "[span]=x"] {
+            with_rust_log(rust_log);
+            assert!(
+                !event_metadata("aws_config::imds::region", Level::WARN),
+                "{rust_log}"
+            );
+            assert!(
+                !event_metadata("aws_smithy_runtime::client", Level::ERROR),
+                "{rust_log}"
+            );
+            assert!(
+                !event_metadata("aws_sdk_sts::operation", Level::INFO),
+                "{rust_log}"
+            );
+            assert!(
+                event_metadata("prime_sigv4_proxy", Level::WARN),
+                "{rust_log}"
+            );
+            assert!(event_metadata("hyper", Level::WARN), "{rust_log}");
+            // DEBUG and TRACE events follow RUST_LOG (and the caps) as before.
+            assert!(
+                event_metadata("aws_config::imds", Level::DEBUG),
+                "{rust_log}"
+            );
+        }
+        for rust_log in [
+            "debug",
+            "trace",
+            "info,aws_config=debug",
+            "aws_config=trace",
+        ] {
+            with_rust_log(rust_log);
+            assert!(
+                event_metadata("aws_config::imds::region", Level::WARN),
+                "{rust_log}"
+            );
+        }
+        with_rust_log("info,aws_config=debug");
+        assert!(!event_metadata("aws_smithy_runtime", Level::WARN));
     }
 
     struct SinkWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

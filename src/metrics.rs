@@ -166,6 +166,11 @@ impl Metrics {
             "Offset added to the local clock when signing, learnt from Prime's Date header",
             metrics.clock_offset.clone(),
         );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stdout was not being read",
+            crate::logging::LINES_DROPPED.clone(),
+        );
         Metrics {
             registry,
             ..metrics

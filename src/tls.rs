@@ -134,12 +134,22 @@ impl ReloadingCertificate {
     }
 
     /// Checks the files every [`RELOAD_INTERVAL`] for ever (aborted at shutdown).
+    ///
+    /// Each check runs on the blocking pool: `stat`, reading and parsing the files must not
+    /// hold up a runtime worker (the default is a single one), whatever the file system does
+    /// (a slow network volume, a FIFO nobody writes).
     pub async fn watch(self: Arc<Self>) {
         let mut tick = tokio::time::interval(RELOAD_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.reload_if_changed();
+            let certificate = Arc::clone(&self);
+            // A check that never returns keeps this task waiting, so checks never pile up.
+            if let Err(error) =
+                tokio::task::spawn_blocking(move || certificate.reload_if_changed()).await
+            {
+                tracing::warn!(%error, "listener TLS certificate check failed");
+            }
         }
     }
 }

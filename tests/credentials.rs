@@ -304,11 +304,12 @@ async fn without_credentials_the_proxy_starts_but_is_not_ready() {
     let health = get(&client, &format!("http://{}/healthz", proxy.admin), &[]).await;
     assert_eq!(health.status, 200);
     assert_eq!(ups.count(), 0);
-    assert!(
-        proxy.logs().contains("no AWS credentials"),
-        "{}",
-        proxy.logs()
-    );
+    // Log lines reach stdout in batches, every 50 ms.
+    let logged = eventually(Duration::from_secs(5), || {
+        proxy.logs().contains("no AWS credentials")
+    })
+    .await;
+    assert!(logged, "{}", proxy.logs());
     assert_eq!(proxy.terminate().await.code(), Some(0));
 }
 
