@@ -304,8 +304,13 @@ async fn without_credentials_the_proxy_starts_but_is_not_ready() {
     let health = get(&client, &format!("http://{}/healthz", proxy.admin), &[]).await;
     assert_eq!(health.status, 200);
     assert_eq!(ups.count(), 0);
+    // Log lines reach stdout from the proxy's log writer thread, and our reader, a little
+    // after the response that followed them.
     assert!(
-        proxy.logs().contains("no AWS credentials"),
+        eventually(Duration::from_secs(5), || proxy
+            .logs()
+            .contains("no AWS credentials"))
+        .await,
         "{}",
         proxy.logs()
     );
