@@ -211,6 +211,11 @@ async fn three_regions_faults_streams_and_rotating_credentials_fail_no_request()
         "credentials did not rotate during the run: {keys_used:?}"
     );
     // The proxy agrees: one request line per request, all 200.
+    // (The last lines reach us a little after their responses.)
+    eventually(Duration::from_secs(5), || {
+        proxy.request_lines().len() >= all.len()
+    })
+    .await;
     let lines = proxy.request_lines();
     assert_eq!(lines.len(), all.len());
     assert!(lines.iter().all(|l| l["status"] == 200));
