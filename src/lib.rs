@@ -122,6 +122,7 @@ pub async fn run_with(
         Arc::clone(&metrics),
     );
     let proxy = Arc::new(Proxy::new(&config, table, upstream, Arc::clone(&metrics)));
+    background.extend(proxy.limiter().background().map(tokio::spawn));
     let admin = AdminState::new(Arc::clone(&credentials), Arc::clone(&metrics));
 
     for region in proxy_regions(&config) {

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub upstream_connections: Gauge,
     pub credentials_expiry: Gauge<f64, AtomicU64>,
     pub clock_offset: Gauge<f64, AtomicU64>,
+    /// `prime_proxy_rate_limit_shared_*` (the shared rate limit, issue 10).
+    pub shared_limit: crate::limit::SharedLimitMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -80,6 +82,7 @@ impl Metrics {
             upstream_connections: Gauge::default(),
             credentials_expiry: Gauge::default(),
             clock_offset: Gauge::default(),
+            shared_limit: crate::limit::SharedLimitMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -137,6 +140,7 @@ impl Metrics {
             "Offset added to the local clock when signing, learnt from Prime's Date header",
             metrics.clock_offset.clone(),
         );
+        metrics.shared_limit.register(&mut registry);
         Metrics {
             registry,
             ..metrics

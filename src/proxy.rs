@@ -39,7 +39,7 @@ impl Proxy {
     ) -> Self {
         Self {
             table,
-            limiter: RateLimiter::new(&config.rate_limit),
+            limiter: RateLimiter::new(&config.rate_limit, &metrics),
             upstream,
             metrics,
             max_body_bytes: config.max_body_bytes,
@@ -51,6 +51,10 @@ impl Proxy {
 
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
+    }
+
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
     }
 
     /// Handles one client request; never fails: errors become the SPEC's JSON responses.
