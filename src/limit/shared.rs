@@ -317,9 +317,11 @@ pub(crate) struct RedisStore {
     established: bool,
 }
 
-/// A new connection (TCP, TLS, AUTH) may take this long, whatever `timeout_ms` says.
+/// A new connection (TCP, TLS, AUTH) may take this long, whatever `timeout_ms` says: no
+/// request waits for it (the limit is in `on_error` until Redis has answered), and a cold
+/// TLS handshake on a busy node can take a good part of a second.
 fn connect_timeout(timeout: Duration) -> Duration {
-    (timeout * 4).max(Duration::from_millis(250))
+    (timeout * 10).max(Duration::from_secs(1))
 }
 
 impl RedisStore {
@@ -539,8 +541,10 @@ struct Shared {
     /// This replica's share of each quota, for `on_error = "local"`.
     local: ArcSwap<LocalBuckets>,
     on_error: OnRedisError,
-    /// The longest a request waits for a lease before `on_error` decides for it.
+    /// The longest a request waits for a lease (unless a Redis call is still running).
     lease_wait: Duration,
+    /// Nanoseconds after `epoch` when the running Redis call times out (0: none running).
+    call_deadline: AtomicU64,
     metrics: SharedLimitMetrics,
     fallback_admitted: Counter,
     fallback_rejected: Counter,
@@ -555,6 +559,14 @@ impl Shared {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
             .unwrap_or(u64::MAX)
             .max(1)
+    }
+
+    /// When the Redis call in flight times out, if one is.
+    fn call_deadline(&self) -> Option<Instant> {
+        match self.call_deadline.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(self.at(at)),
+        }
     }
 
     /// How long Redis has no permit for quota `q` from `now`, if known.
@@ -642,6 +654,7 @@ impl SharedLimiter {
             answered: Notify::new(),
             on_error: config.on_error,
             lease_wait: config.timeout() * 2,
+            call_deadline: AtomicU64::new(0),
             fallback_admitted: decision("admitted"),
             fallback_rejected: decision("rejected"),
             metrics: metrics.clone(),
@@ -696,7 +709,7 @@ impl SharedLimiter {
         let shared = &*self.shared;
         let pool = &shared.pools[q];
         let mut lease_deadline = None;
-        let mut answered = false;
+        let mut extended = false;
         let mut parked = None;
         loop {
             // The hot path: a permit this replica already holds.
@@ -745,19 +758,25 @@ impl SharedLimiter {
                 continue;
             }
             if tokio::time::timeout_at(until, notified).await.is_err() {
-                if answered {
-                    // Redis answered, but other requests got the permits first.
-                    return Err(LimitError::RateLimited {
-                        retry_after: shared.quotas[q].period(),
-                    });
+                let now = Instant::now();
+                match shared.call_deadline() {
+                    // A Redis call is still running: its own timeout ends the wait (and
+                    // turns to `on_error` if Redis is slow). Extended once.
+                    Some(call_deadline) if call_deadline > now && !extended => {
+                        extended = true;
+                        lease_deadline = Some(call_deadline + Duration::from_millis(5));
+                    }
+                    // Redis answered, but other requests got the permits: the limit is
+                    // reached. (Permits decided by `on_error` here would come on top of
+                    // the shared limit.)
+                    _ if shared.up.load(Ordering::Acquire) => {
+                        return Err(LimitError::RateLimited {
+                            retry_after: shared.quotas[q].period(),
+                        });
+                    }
+                    _ => {}
                 }
-                // Redis is slow: this request does not wait for it any longer.
-                return shared
-                    .fallback(q, deadline, waiting)
-                    .await
-                    .map(|()| Took::Fallback);
             }
-            answered = true;
         }
     }
 }
@@ -876,10 +895,14 @@ impl<S: Store> LeaseTask<S> {
         } else {
             connect_timeout(self.timeout)
         };
+        self.shared
+            .call_deadline
+            .store(self.shared.nanos(now + budget), Ordering::Release);
         let result = match tokio::time::timeout(budget, self.store.call(&requests)).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout(budget)),
         };
+        self.shared.call_deadline.store(0, Ordering::Release);
         let now = Instant::now();
         match result {
             Ok(reply) if reply.grants.len() == requests.len() => {
@@ -1011,8 +1034,13 @@ impl<S: Store> LeaseTask<S> {
                 leases.batches.push_back((now, granted));
             }
             let denied = if request.take > 0 && grant.granted < request.take {
+                // Every replica hears the same "next permit at T"; a random part of one
+                // emission interval keeps the same replica from winning every race for it.
+                let jitter = self.shared.quotas[q]
+                    .period()
+                    .mul_f64(rand::random::<f64>());
                 self.shared
-                    .nanos(now + grant.wait.max(Duration::from_micros(1)))
+                    .nanos(now + grant.wait.max(Duration::from_micros(1)) + jitter)
             } else {
                 0
             };
