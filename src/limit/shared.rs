@@ -998,12 +998,13 @@ impl<S: Store> LeaseTask<S> {
                 && available <= i64::from(watermark)
                 && self.shared.denied_for(q, now).is_none()
             {
+                // Never more than burst ÷ replicas held: that bounds the fleet's over-admission.
                 let top_up = i64::from(size) - available;
-                let cap = i64::from((quota.burst / self.peers.max(1)).max(1));
+                let room = i64::from((quota.burst / self.peers.max(1)).max(1)) - available;
                 u32::try_from(
                     top_up
                         .max(i64::try_from(waiting).unwrap_or(i64::MAX))
-                        .min(cap),
+                        .min(room),
                 )
                 .unwrap_or(0)
             } else {
@@ -1393,11 +1394,12 @@ mod tests {
         assert!((22..=28).contains(&admitted), "{admitted}");
         let calls = h.store.calls().len();
         assert!(calls < 120, "{calls} store calls for 2000 requests");
-        // Rejections say when the next permit comes.
+        // Rejections say when the next permit comes (within one emission interval, plus
+        // up to one of jitter).
         let Err(LimitError::RateLimited { retry_after }) = h.acquire().await else {
             panic!("over the limit");
         };
-        assert!(retry_after <= Duration::from_millis(100), "{retry_after:?}");
+        assert!(retry_after <= Duration::from_millis(200), "{retry_after:?}");
         assert_eq!(h.decisions("allow", "admitted"), 0);
     }
 
@@ -1435,14 +1437,12 @@ mod tests {
         assert_eq!(admitted, 100);
         assert_eq!(slowest, Duration::ZERO);
         assert!(h.decisions("local", "admitted") >= 100);
-        assert_eq!(
-            h.metrics
-                .redis_errors
-                .get_or_create(&RedisErrorLabels { kind: "timeout" })
-                .get()
-                >= 1,
-            true
-        );
+        let timeouts = h
+            .metrics
+            .redis_errors
+            .get_or_create(&RedisErrorLabels { kind: "timeout" })
+            .get();
+        assert!(timeouts >= 1, "{timeouts}");
     }
 
     #[tokio::test(start_paused = true)]
