@@ -181,6 +181,66 @@ pub struct RateLimitConfig {
     pub max_waiting: usize,
     /// Extra limits for matching requests, applied on top of the global one.
     pub routes: Vec<RouteLimitConfig>,
+    /// One limit for every replica, kept in Redis (off while `url` is empty).
+    pub shared: SharedLimitConfig,
+}
+
+/// `[rate_limit.shared]`: with `url` set, `requests_per_second` and `burst` (and each
+/// route's) are totals for every replica with the same `url` and `key`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedLimitConfig {
+    /// `redis://HOST:PORT/DB` or `rediss://HOST:PORT/DB` (TLS); empty = off. A password in
+    /// it is a secret: redacted when printed, never logged.
+    pub url: String,
+    /// Replicas with the same `url` and `key` share one quota; the Redis keys are
+    /// `{<key>}:…` (one Redis Cluster slot).
+    pub key: String,
+    /// Redis password read from this file (a mounted Secret), re-read on every reconnect.
+    pub password_file: String,
+    /// PEM roots that verify a `rediss://` server (empty: the system's roots).
+    pub ca_file: String,
+    /// While Redis is unreachable, slow or failing: local | allow | deny.
+    pub on_error: OnRedisError,
+    /// A Redis call that takes longer than this counts as a failure.
+    pub timeout_ms: u64,
+}
+
+/// What the shared limit does while Redis cannot be used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisError {
+    /// Enforce this replica's last known share: the rate ÷ the replicas seen recently.
+    #[default]
+    Local,
+    /// Let every request through.
+    Allow,
+    /// Answer 429 `rate_limited`.
+    Deny,
+}
+
+impl OnRedisError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnRedisError::Local => "local",
+            OnRedisError::Allow => "allow",
+            OnRedisError::Deny => "deny",
+        }
+    }
+}
+
+/// Never prints the URL's password.
+impl std::fmt::Debug for SharedLimitConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLimitConfig")
+            .field("url", &redact_url_password(&self.url))
+            .field("key", &self.key)
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .field("on_error", &self.on_error)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 /// `[[rate_limit.routes]]`: a limit for requests whose path starts with `path_prefix`.
@@ -325,6 +385,20 @@ impl Default for RateLimitConfig {
             max_wait_ms: 0,
             max_waiting: 1024,
             routes: Vec::new(),
+            shared: SharedLimitConfig::default(),
+        }
+    }
+}
+
+impl Default for SharedLimitConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            key: "prime-sigv4-proxy".to_owned(),
+            password_file: String::new(),
+            ca_file: String::new(),
+            on_error: OnRedisError::Local,
+            timeout_ms: 50,
         }
     }
 }
@@ -396,6 +470,7 @@ impl Config {
         if !shown.credentials.external_id.is_empty() {
             shown.credentials.external_id = REDACTED.to_owned();
         }
+        shown.rate_limit.shared.url = redact_url_password(&shown.rate_limit.shared.url);
         toml::to_string(&shown).map_err(|e| ConfigError::Parse(e.to_string()))
     }
 
@@ -556,6 +631,13 @@ impl Config {
                 upstream.body_idle_timeout_ms,
                 1,
                 HOUR_MS,
+                Millis,
+            ),
+            key(
+                "rate_limit.shared.timeout_ms",
+                self.rate_limit.shared.timeout_ms,
+                1,
+                5_000,
                 Millis,
             ),
             key(
@@ -879,8 +961,108 @@ impl RateLimitConfig {
                 return Err(invalid(at("requests_per_second"), "must be greater than 0"));
             }
         }
+        self.shared.validate()?;
+        if self.shared.enabled() && self.requests_per_second == 0.0 && self.routes.is_empty() {
+            return Err(invalid(
+                "rate_limit.shared.url",
+                "is set, but there is no limit to share: set rate_limit.requests_per_second or add [[rate_limit.routes]]",
+            ));
+        }
         Ok(())
     }
+}
+
+impl SharedLimitConfig {
+    /// True when the limits are shared through Redis.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        // The other keys are checked even while `url` is empty, so a typo is caught before
+        // the shared limit is switched on.
+        if self.key.is_empty()
+            || self.key.len() > 128
+            || self
+                .key
+                .chars()
+                .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "rate_limit.shared.key",
+                "must be 1 to 128 characters without braces, spaces or control characters",
+            ));
+        }
+        if !(1..=5_000).contains(&self.timeout_ms) {
+            return Err(invalid(
+                "rate_limit.shared.timeout_ms",
+                "must be between 1 and 5000",
+            ));
+        }
+        if !self.enabled() {
+            return Ok(());
+        }
+        // The URL may carry a password: messages describe it, never quote it.
+        let url = &self.url;
+        let tls = if url.starts_with("rediss://") {
+            true
+        } else if url.starts_with("redis://") {
+            false
+        } else {
+            return Err(invalid(
+                "rate_limit.shared.url",
+                "must start with redis:// or rediss:// (TLS)",
+            ));
+        };
+        if url.contains('#') {
+            return Err(invalid(
+                "rate_limit.shared.url",
+                "must not have a #fragment (#insecure would turn off certificate checks)",
+            ));
+        }
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(|e| {
+            invalid(
+                "rate_limit.shared.url",
+                format!("is not a Redis URL (redis://[:PASSWORD@]HOST[:PORT][/DB]): {e}"),
+            )
+        })?;
+        if !self.password_file.is_empty() && info.redis_settings().password().is_some() {
+            return Err(invalid(
+                "rate_limit.shared.password_file",
+                "is set, but rate_limit.shared.url carries a password too: keep it in one place",
+            ));
+        }
+        if !self.ca_file.is_empty() && !tls {
+            return Err(invalid(
+                "rate_limit.shared.ca_file",
+                "is only used with a rediss:// URL",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `scheme://user:<redacted>@host…`: the URL with its password (or a lone userinfo, which
+/// some clients read as a password) replaced.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let (userinfo, host) = authority.split_at(at);
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:{REDACTED}"),
+        None => REDACTED.to_owned(),
+    };
+    format!("{scheme}://{shown}{host}{tail}")
 }
 
 /// Slowest and fastest rate a limit may have, in requests per second.
@@ -1132,6 +1314,38 @@ mod tests {
                 "credentials.role_arn",
             ),
             ("[signing]\nservice = \"\"", "signing.service"),
+            (
+                "[rate_limit.shared]\non_error = \"ignore\"",
+                "rate_limit.shared.on_error",
+            ),
+            (
+                "[rate_limit.shared]\nkey = \"a{b}\"",
+                "rate_limit.shared.key",
+            ),
+            (
+                "[rate_limit.shared]\ntimeout_ms = 0",
+                "rate_limit.shared.timeout_ms",
+            ),
+            (
+                "[rate_limit]\nrequests_per_second = 5\n[rate_limit.shared]\nurl = \"http://127.0.0.1:6379\"",
+                "rate_limit.shared.url",
+            ),
+            (
+                "[rate_limit]\nrequests_per_second = 5\n[rate_limit.shared]\nurl = \"redis://127.0.0.1:6379/notadb\"",
+                "rate_limit.shared.url",
+            ),
+            (
+                "[rate_limit.shared]\nurl = \"redis://127.0.0.1:6379\"",
+                "rate_limit.shared.url",
+            ),
+            (
+                "[rate_limit]\nrequests_per_second = 5\n[rate_limit.shared]\nurl = \"redis://:pw@127.0.0.1\"\npassword_file = \"/run/pw\"",
+                "rate_limit.shared.password_file",
+            ),
+            (
+                "[rate_limit]\nrequests_per_second = 5\n[rate_limit.shared]\nurl = \"redis://127.0.0.1\"\nca_file = \"/ca.pem\"",
+                "rate_limit.shared.ca_file",
+            ),
             ("max_body_bytes = 0", "max_body_bytes"),
             (
                 "[upstream.headers]\n\"x-amz-date\" = \"1\"",
@@ -1170,6 +1384,30 @@ mod tests {
                 "{toml:?} → {message:?} does not name `{key}`"
             );
         }
+    }
+
+    #[test]
+    fn printing_redacts_the_redis_password_and_refusals_never_quote_it() {
+        let config = Config::from_toml(
+            "[rate_limit]\nrequests_per_second = 5\n[rate_limit.shared]\nurl = \"rediss://app:s3cret-pw@redis.internal:6380/2\"\non_error = \"deny\"\n",
+        )
+        .unwrap();
+        let printed = config.to_redacted_toml().unwrap();
+        assert!(!printed.contains("s3cret-pw"), "{printed}");
+        assert!(printed.contains("url = \"rediss://app:<redacted>@redis.internal:6380/2\""));
+        assert!(printed.contains("on_error = \"deny\""));
+        assert!(!format!("{config:?}").contains("s3cret-pw"));
+        let message = refused(
+            "[rate_limit]\nrequests_per_second = 5\n[rate_limit.shared]\nurl = \"redis://:s3cret-pw@host/x\"\n",
+        );
+        assert!(message.contains("rate_limit.shared.url"), "{message}");
+        assert!(!message.contains("s3cret-pw"), "{message}");
+        assert_eq!(
+            redact_url_password("redis://s3cret@h:1/0"),
+            "redis://<redacted>@h:1/0"
+        );
+        assert_eq!(redact_url_password("redis://h:1"), "redis://h:1");
+        assert_eq!(redact_url_password(""), "");
     }
 
     #[test]
@@ -1368,6 +1606,7 @@ mod tests {
         Config::from_toml(
             "shutdown_grace_ms = 3600000\nworker_threads = 256\nmax_body_bytes = 1073741824\n\
              [listener]\nmax_in_flight = 100000\nmax_header_bytes = 1048576\nmax_headers = 1000\n\
+             max_buffered_bytes = 1073741824\n\
              [rate_limit]\nrequests_per_second = 0.001\nburst = 1000000\nmax_waiting = 100000\n",
         )
         .unwrap();

@@ -96,14 +96,14 @@ pub async fn run_with(
     let metrics = Arc::new(Metrics::new());
     let credentials = CredentialStore::new();
     let table = MarketplaceTable::new(&config.regions).map_err(StartError::Regions)?;
-    let limiter = Arc::new(RateLimiter::new(&config.rate_limit));
+    let limiter = Arc::new(RateLimiter::new(&config.rate_limit, &metrics));
     let memory = MemoryBudget::new(config.listener.max_buffered_bytes);
     // One upstream stack per region, built once with the table.
     let upstream = Upstream::new(
         &config,
         &table,
         Arc::clone(&credentials),
-        limiter,
+        Arc::clone(&limiter),
         memory,
         &metrics,
     )?;
@@ -132,6 +132,8 @@ pub async fn run_with(
     });
 
     let proxy = Arc::new(Proxy::new(&config, table, upstream, Arc::clone(&metrics)));
+    // The shared rate limit's leasing and heartbeat task, when `[rate_limit.shared]` is on.
+    background.extend(limiter.background().map(tokio::spawn));
     let admin = AdminState::new(Arc::clone(&credentials), Arc::clone(&metrics));
 
     for region in proxy_regions(&config) {

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub buffered_bytes: Gauge,
     pub credentials_expiry: Gauge<f64, AtomicU64>,
     pub clock_offset: Gauge<f64, AtomicU64>,
+    /// `prime_proxy_rate_limit_shared_*` (the shared rate limit, issue 10).
+    pub shared_limit: crate::limit::SharedLimitMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -99,6 +101,7 @@ impl Metrics {
             buffered_bytes: Gauge::default(),
             credentials_expiry: Gauge::default(),
             clock_offset: Gauge::default(),
+            shared_limit: crate::limit::SharedLimitMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -171,6 +174,7 @@ impl Metrics {
             "Log lines dropped because stdout was not being read",
             crate::logging::LINES_DROPPED.clone(),
         );
+        metrics.shared_limit.register(&mut registry);
         Metrics {
             registry,
             ..metrics
