@@ -1,6 +1,7 @@
-"""Fallback when the openssl CLI is missing: a throw-away CA and a server certificate for
-127.0.0.1 (IP SAN), written as ca.pem, server.pem and server.key into DIR. Needs the
-`cryptography` package (the standard library cannot make certificates).
+"""Fallback when the openssl CLI is missing: a throw-away CA and one server certificate per
+soak region (IP SAN = the region's address in layout.REGIONS), written as ca.pem and
+REGION.pem / REGION.key (na, eu, fe) into DIR. Needs the `cryptography` package (the standard
+library cannot make certificates).
 
     python3 certs.py DIR
 """
@@ -9,6 +10,9 @@ import datetime as dt
 import ipaddress
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import layout  # noqa: E402
 
 
 def main(out: str) -> int:
@@ -36,29 +40,30 @@ def main(out: str) -> int:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
     pem = serialization.Encoding.PEM
     with open(os.path.join(out, "ca.pem"), "wb") as f:
         f.write(ca.public_bytes(pem))
-    with open(os.path.join(out, "server.pem"), "wb") as f:
-        f.write(cert.public_bytes(pem))
-    with open(os.path.join(out, "server.key"), "wb") as f:
-        f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    for region, address in layout.ADDRESS.items():
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        with open(os.path.join(out, region + ".pem"), "wb") as f:
+            f.write(cert.public_bytes(pem))
+        with open(os.path.join(out, region + ".key"), "wb") as f:
+            f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return 0
 
 

@@ -1,22 +1,35 @@
-"""Fake Prime for the soak test: a fault-injecting TLS upstream that verifies every SigV4
-signature it receives, plus the rotating container-credentials endpoint the proxy's AWS
-credential chain reads its keys from. Standard library only.
+"""Fake Prime for the soak test: three fault-injecting TLS endpoints, one per Prime region on
+its own loopback address, that verify every SigV4 signature they receive, plus the rotating
+container-credentials endpoint the proxy's AWS credential chain reads its keys from. Standard
+library only.
 
-One process, three listeners on 127.0.0.1 (ports chosen by the OS, written to --ports-file):
+One process (so that every endpoint knows every key the credential endpoint has issued),
+listeners with ports from --port-range, written to --ports-file:
 
-* ``upstream`` (HTTPS, HTTP/1.1 keep-alive): every request is checked by ``sigv4.verify``
-  against the keys the credential endpoint has issued; a bad or expired signature gets 403
-  and is counted. A valid request gets, with probability --fault-rate, an injected fault
-  (503, 500/502/504, 429 with ``Retry-After: 1``, the connection closed without an answer, or a
-  200 whose body is cut short by closing the connection)
-  - but only on attempts before the proxy's last one (attempts are counted per
-  ``x-amz-request-id``, which the proxy keeps across retries), so every request can still be
-  answered within ``max_attempts``. With probability --slow-rate a response is delayed
-  (well under the proxy's attempt timeout). Otherwise 200 with a JSON echo of what arrived.
-* ``credentials`` (HTTP): ``GET /creds`` answers the container-credentials JSON. A new key
-  is issued every --rotate-seconds and each is valid for --valid-seconds from its issue;
-  with probability --cred-fault-rate a fetch gets 500 instead.
-* ``control`` (HTTP): ``GET /stats`` returns the counters as JSON.
+* ``upstream`` (HTTPS, HTTP/1.1 keep-alive): one listener per region of ``layout.REGIONS``,
+  ``na`` on 127.0.0.1, ``eu`` on 127.0.0.2, ``fe`` on 127.0.0.3, all on the same port, each
+  with its own certificate (--cert-dir/REGION.pem, SAN = its address). Every request is
+  checked by ``sigv4.verify`` against the keys the credential endpoint has issued, and against
+  the endpoint it arrived at: its ``x-amz-marketplace`` must belong to this endpoint's region,
+  its credential scope must name this endpoint's signing region and its ``Host`` this
+  endpoint's authority (else a *region mismatch*). A bad signature or a mismatch gets 403 and
+  is counted. A valid request gets, with probability --fault-rate, an injected fault (503,
+  500/502/504, 429 with ``Retry-After: 1``, the connection closed or reset without an answer,
+  or a 200 whose body is cut short by closing the connection) - but only on attempts before
+  the proxy's last one (attempts are counted per ``x-amz-request-id``, which the proxy keeps
+  across retries), so every request can still be answered within ``max_attempts``. With
+  probability --slow-rate a response is delayed (well under the proxy's attempt timeout).
+  Otherwise 200 with a JSON echo of what arrived (with the ``time.monotonic()`` at which the
+  request id's first attempt arrived, so the client can tell how long the proxy held it). Paths ``/v1/export/chunked/N`` and
+  ``/v1/export/large/N`` get a streamed answer instead: the echo as the first line, then N
+  bytes of filler (whose length and SHA-256 the echo gives), sent chunked or with a
+  ``Content-Length`` over the proxy's 256 KiB buffering limit. The proxy streams those to the
+  client once the head is in, so a body cut short could not be retried: streamed answers get
+  a reset before the head instead.
+* ``credentials`` (HTTP, 127.0.0.1): ``GET /creds`` answers the container-credentials JSON.
+  A new key is issued every --rotate-seconds and each is valid for --valid-seconds from its
+  issue; with probability --cred-fault-rate a fetch gets 500 instead.
+* ``control`` (HTTP, 127.0.0.1): ``GET /stats`` returns the counters as JSON.
 """
 
 from __future__ import annotations
@@ -29,37 +42,54 @@ import json
 import math
 import os
 import random
+import re
 import secrets
 import signal
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import layout  # noqa: E402
 import sigv4  # noqa: E402
-
-# Marketplace -> SigV4 region, as the proxy's built-in region table has them.
-REGION_OF = {}
-for _m in ("US", "CA", "MX"):
-    REGION_OF[_m] = "us-east-1"
-for _m in ("UK", "FR", "IT", "ES", "IN", "AE", "SA", "EG", "NL", "DE", "TR"):
-    REGION_OF[_m] = "eu-west-1"
-for _m in ("JP", "SG", "AU"):
-    REGION_OF[_m] = "us-west-2"
 
 # The injected fault kinds and their share of --fault-rate.
 FAULT_MIX = [
-    ("status_503", 0.50),
+    ("status_503", 0.45),
     ("status_500", 0.05),
     ("status_502", 0.05),
     ("status_504", 0.05),
     ("status_429", 0.10),
-    ("close_without_response", 0.15),
-    ("truncated_response", 0.10),
+    ("close_without_response", 0.12),
+    ("reset_without_response", 0.08),
+    ("truncated_response", 0.10),  # buffered answers only; a streamed one gets a reset instead
 ]
+
+STREAM_PATH = re.compile(r"^/v1/export/(chunked|large)/(\d{1,8})$")
+FILLER = random.Random(7).randbytes(2 * 1024 * 1024)  # streamed answers are slices of it
+MAX_FILLER = len(FILLER) // 2
+CHUNK = 16 * 1024
+_CREDENTIAL_RE = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/,\s]+)/")
+
+
+def _region_counters() -> dict:
+    return {
+        "requests": 0,
+        "by_method": collections.Counter(),
+        "signatures_valid": 0,
+        "signatures_invalid": collections.Counter(),
+        "mismatch": collections.Counter(),
+        "faults": collections.Counter(),
+        "slow": 0,
+        "ok": collections.Counter(),  # by answer kind: buffered / chunked / large
+        "connections": 0,
+        "open_connections": 0,
+        "peak_open_connections": 0,
+    }
 
 
 class State:
@@ -70,29 +100,21 @@ class State:
         self.rng = random.Random(args.seed)
         self.keys: dict[str, sigv4.Key] = {}
         self.key_by_epoch: dict[int, sigv4.Key] = {}
-        self.issued_at: dict[str, float] = {}
         self.cred_fetches = 0
         self.cred_fetch_times: list[float] = []
         self.cred_auth_failures = 0
         self.cred_faults = 0
-        self.requests = 0  # upstream attempts received
-        self.by_method: collections.Counter = collections.Counter()
-        self.by_region: collections.Counter = collections.Counter()
-        self.sig_valid = 0
-        self.sig_invalid: collections.Counter = collections.Counter()
+        self.region = {key: _region_counters() for key in layout.REGION_KEYS}
         self.invalid_examples: list[str] = []
+        self.mismatch_examples: list[str] = []
         self.keys_used: collections.Counter = collections.Counter()
-        self.key_last_use_before_expiry: dict[str, float] = {}
-        self.faults: collections.Counter = collections.Counter()
-        self.slow = 0
-        self.ok_responses = 0
-        self.attempts: "collections.OrderedDict[str, int]" = collections.OrderedDict()
+        # request id -> [attempts seen, monotonic arrival of the first]
+        self.attempts: "collections.OrderedDict[str, list]" = collections.OrderedDict()
         self.attempt_hist: collections.Counter = collections.Counter()
         self.fault_suppressed_last_attempt = 0
         self.no_request_id = 0
-        self.connections = 0
         self.connection_errors: collections.Counter = collections.Counter()
-        self.host = None  # expected Host header, set once the port is known
+        self.host: dict[str, str] = {}  # region key -> expected Host header
 
     # -- credentials -------------------------------------------------------------------
     def current_key(self) -> sigv4.Key:
@@ -112,7 +134,6 @@ class State:
                 )
                 self.key_by_epoch[epoch] = key
                 self.keys[key.access_key_id] = key
-                self.issued_at[key.access_key_id] = issued
             self.cred_fetches += 1
             self.cred_fetch_times.append(round(now - self.start, 3))
         return key
@@ -122,19 +143,22 @@ class State:
             return self.keys.get(akid)
 
     # -- faults ------------------------------------------------------------------------
-    def attempt_number(self, request_id):
+    def attempt_number(self, request_id, arrived: float):
+        """This attempt's number for its request id, and when the id's first attempt arrived."""
         with self.lock:
             if not request_id:
                 self.no_request_id += 1
-                return 1
-            n = self.attempts.get(request_id, 0) + 1
-            self.attempts[request_id] = n
+                return 1, arrived
+            seen = self.attempts.get(request_id)
+            if seen is None:
+                seen = self.attempts[request_id] = [0, arrived]
+            seen[0] += 1
             self.attempts.move_to_end(request_id)
             while len(self.attempts) > 200_000:
                 self.attempts.popitem(last=False)
-            return n
+            return seen[0], seen[1]
 
-    def choose_fault(self, attempt: int):
+    def choose_fault(self, attempt: int, streamed: bool):
         with self.lock:
             draw = self.rng.random()
             if draw >= self.args.fault_rate:
@@ -146,29 +170,60 @@ class State:
                 return None, 0.0
             pick = self.rng.random()
             acc = 0.0
-            for kind, share in FAULT_MIX:
+            kind = FAULT_MIX[-1][0]
+            for name, share in FAULT_MIX:
                 acc += share
                 if pick < acc:
-                    return kind, 0.0
-            return FAULT_MIX[-1][0], 0.0
+                    kind = name
+                    break
+            if streamed and kind == "truncated_response":
+                kind = "reset_without_response"
+            return kind, 0.0
 
     def snapshot(self) -> dict:
         with self.lock:
             now = time.time()
+            regions = {}
+            for key, c in self.region.items():
+                regions[key] = {
+                    "address": layout.ADDRESS[key],
+                    "signing_region": layout.SIGNING_REGION[key],
+                    "host": self.host.get(key),
+                    "requests": c["requests"],
+                    "by_method": dict(c["by_method"]),
+                    "signatures_valid": c["signatures_valid"],
+                    "signatures_invalid": sum(c["signatures_invalid"].values()),
+                    "signatures_invalid_by_kind": dict(c["signatures_invalid"]),
+                    "mismatch": sum(c["mismatch"].values()),
+                    "mismatch_by_kind": dict(c["mismatch"]),
+                    "faults": dict(c["faults"]),
+                    "faults_total": sum(c["faults"].values()),
+                    "slow_responses": c["slow"],
+                    "ok_responses": dict(c["ok"]),
+                    "connections": c["connections"],
+                    "open_connections": c["open_connections"],
+                    "peak_open_connections": c["peak_open_connections"],
+                }
+
+            def total(name):
+                return sum(r[name] for r in regions.values())
+
+            faults: collections.Counter = collections.Counter()
+            for r in regions.values():
+                faults.update(r["faults"])
             return {
                 "uptime_s": round(now - self.start, 3),
-                "requests": self.requests,
-                "by_method": dict(self.by_method),
-                "by_region": dict(self.by_region),
-                "ok_responses": self.ok_responses,
-                "signatures_valid": self.sig_valid,
-                "signatures_invalid": sum(self.sig_invalid.values()),
-                "signatures_invalid_by_kind": dict(self.sig_invalid),
+                "regions": regions,
+                "requests": total("requests"),
+                "signatures_valid": total("signatures_valid"),
+                "signatures_invalid": total("signatures_invalid"),
+                "mismatch": total("mismatch"),
                 "invalid_examples": list(self.invalid_examples),
-                "faults": dict(self.faults),
-                "faults_total": sum(self.faults.values()),
+                "mismatch_examples": list(self.mismatch_examples),
+                "faults": dict(faults),
+                "faults_total": sum(faults.values()),
                 "faults_suppressed_on_last_attempt": self.fault_suppressed_last_attempt,
-                "slow_responses": self.slow,
+                "slow_responses": total("slow_responses"),
                 "attempts_per_request_id": {str(k): v for k, v in sorted(self.attempt_hist.items())},
                 "requests_without_request_id": self.no_request_id,
                 "keys_issued": len(self.keys),
@@ -178,7 +233,7 @@ class State:
                 "credential_fetch_times_s": list(self.cred_fetch_times),
                 "credential_auth_failures": self.cred_auth_failures,
                 "credential_faults": self.cred_faults,
-                "upstream_connections": self.connections,
+                "upstream_connections": total("connections"),
                 "connection_errors": dict(self.connection_errors),
                 "config": {
                     "fault_rate": self.args.fault_rate,
@@ -205,6 +260,14 @@ class QuietServer(ThreadingHTTPServer):
     request_queue_size = 256
     allow_reuse_address = True
 
+    def __init__(self, sock: socket.socket, handler):
+        # The socket comes bound (layout.bind_first_free picked its port): only listen here.
+        super().__init__(sock.getsockname(), handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        self.server_activate()
+
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
         with STATE.lock:
@@ -212,19 +275,33 @@ class QuietServer(ThreadingHTTPServer):
 
 
 class TLSServer(QuietServer):
-    """Accepts in the server thread, does the TLS handshake in the connection's thread."""
+    """One region's endpoint. Accepts in the server thread, does the TLS handshake in the
+    connection's thread."""
 
-    def __init__(self, addr, handler, context: ssl.SSLContext):
-        super().__init__(addr, handler)
+    def __init__(self, sock, handler, context: ssl.SSLContext, region: str):
+        super().__init__(sock, handler)
         self.context = context
+        self.region = region
 
     def get_request(self):
         sock, addr = self.socket.accept()
         # Like any real server: without it, the head and body writes meet delayed ACKs (40 ms).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with STATE.lock:
-            STATE.connections += 1
+            c = STATE.region[self.region]
+            c["connections"] += 1
+            c["open_connections"] += 1
+            c["peak_open_connections"] = max(c["peak_open_connections"], c["open_connections"])
         return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def shutdown_request(self, request):
+        with STATE.lock:
+            STATE.region[self.region]["open_connections"] -= 1
+        if getattr(request, "soak_reset", False):
+            # SO_LINGER 0 is set: close() alone sends the RST (a shutdown would send a FIN first).
+            request.close()
+            return
+        super().shutdown_request(request)
 
 
 class Base(BaseHTTPRequestHandler):
@@ -252,64 +329,131 @@ class Base(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
 
+def _example(kind: str, command: str, path: str, reason: str, akid) -> str:
+    return "%s %s %s %s: %s (%s)" % (time.strftime("%H:%M:%S"), kind, command, path[:80], reason, akid)
+
+
 class UpstreamHandler(Base):
+    def mismatches(self, marketplace: str) -> list[tuple[str, str]]:
+        """Ways this request is not for this endpoint (empty when it is)."""
+        here = self.server.region
+        out = []
+        belongs = layout.REGION_OF_MARKETPLACE.get(marketplace)
+        if belongs is None:
+            out.append(("unknown_marketplace", "marketplace %r is in no region" % marketplace))
+        elif belongs != here:
+            out.append(("wrong_endpoint", "marketplace %s (region %s) arrived at the %s endpoint" % (marketplace, belongs, here)))
+        m = _CREDENTIAL_RE.search(self.headers.get("Authorization") or "")
+        scope_region = m.group(1) if m else None
+        if scope_region is not None and scope_region != layout.SIGNING_REGION[here]:
+            out.append(("wrong_signing_region", "signed for %s at the %s endpoint (%s)" % (
+                scope_region, here, layout.SIGNING_REGION[here])))
+        if self.headers.get("Host") != STATE.host[here]:
+            out.append(("wrong_host", "Host %r at %s" % (self.headers.get("Host"), STATE.host[here])))
+        return out
+
     def handle_any(self):
+        # CLOCK_MONOTONIC is system-wide: the load driver compares it with its own send time.
+        arrived = time.monotonic()
         st = STATE
+        here = self.server.region
         try:
             body = self.read_body()
         except ValueError as e:
             self.close_connection = True
             with st.lock:
-                st.requests += 1
-                st.sig_invalid["malformed"] += 1
+                st.region[here]["requests"] += 1
+                st.region[here]["signatures_invalid"]["malformed"] += 1
             self.send_json(400, {"message": str(e)}, [("Connection", "close")])
             return
         path, _, query = self.path.partition("?")
         headers = list(self.headers.items())
         marketplace = (self.headers.get("x-amz-marketplace") or "").strip().upper()
-        region = REGION_OF.get(marketplace)
-        verdict = sigv4.verify(
-            self.command, path, query, headers, body, st.lookup, "execute-api",
-            region=region or "<no region for marketplace %r>" % marketplace, now=time.time(),
-        )
-        if verdict.ok and self.headers.get("Host") != st.host:
-            verdict = sigv4.Verdict(False, "Host %r, expected %r" % (self.headers.get("Host"), st.host), "policy")
+        # The signature on its own terms (whatever region it names); the region is checked
+        # against this endpoint separately, so a misrouted request counts as a mismatch.
+        verdict = sigv4.verify(self.command, path, query, headers, body, st.lookup, "execute-api",
+                               region=None, now=time.time())
+        wrong = self.mismatches(marketplace)
         with st.lock:
-            st.requests += 1
-            st.by_method[self.command] += 1
-            if region:
-                st.by_region[region] += 1
+            c = st.region[here]
+            c["requests"] += 1
+            c["by_method"][self.command] += 1
             if verdict.ok:
-                st.sig_valid += 1
+                c["signatures_valid"] += 1
                 st.keys_used[verdict.access_key_id] += 1
             else:
-                st.sig_invalid[verdict.kind] += 1
+                c["signatures_invalid"][verdict.kind] += 1
                 if len(st.invalid_examples) < 20:
-                    st.invalid_examples.append(
-                        "%s %s %s: %s (%s)" % (
-                            time.strftime("%H:%M:%S"), self.command, self.path[:80], verdict.reason,
-                            verdict.access_key_id,
-                        )
-                    )
-        if not verdict.ok:
-            self.send_json(403, {"message": "soak upstream: " + verdict.reason, "kind": verdict.kind})
+                    st.invalid_examples.append(_example(here, self.command, self.path, verdict.reason, verdict.access_key_id))
+            for kind, reason in wrong:
+                c["mismatch"][kind] += 1
+                if len(st.mismatch_examples) < 20:
+                    st.mismatch_examples.append(_example(here, self.command, self.path, reason, verdict.access_key_id))
+        if not verdict.ok or wrong:
+            reasons = ([verdict.reason] if not verdict.ok else []) + [r for _, r in wrong]
+            self.send_json(403, {"message": "soak upstream: " + "; ".join(reasons),
+                                 "kind": verdict.kind if not verdict.ok else "region_mismatch"})
             return
+        stream = STREAM_PATH.match(path)
         request_id = self.headers.get("x-amz-request-id")
-        attempt = st.attempt_number(request_id)
-        fault, delay = st.choose_fault(attempt)
-        if fault == "close_without_response":
+        attempt, first_arrived = st.attempt_number(request_id, arrived)
+        fault, delay = st.choose_fault(attempt, streamed=stream is not None)
+        if fault is not None:
             with st.lock:
-                st.faults[fault] += 1
-            self.close_connection = True
+                st.region[here]["faults"][fault] += 1
+            self.inject(fault)
+            return
+        if delay:
+            with st.lock:
+                st.region[here]["slow"] += 1
+            time.sleep(delay)
+        params: dict[str, list[str]] = {}
+        if query:
+            for piece in query.split("&"):
+                name, _, value = piece.partition("=")
+                params.setdefault(sigv4.percent_decode(name).decode("utf-8", "replace"), []).append(
+                    sigv4.percent_decode(value).decode("utf-8", "replace")
+                )
+        echo = {
+            "ok": True,
+            "endpoint": here,
+            "method": self.command,
+            "path": path,
+            "query": params,
+            "marketplace": marketplace,
+            "region": layout.SIGNING_REGION[here],
+            "bodySha256": hashlib.sha256(body).hexdigest(),
+            "requestId": request_id,
+            "attempt": attempt,
+            "firstAttemptAt": first_arrived,
+            "accessKeyId": verdict.access_key_id,
+        }
+        kind = stream.group(1) if stream else "buffered"
+        with st.lock:
+            st.region[here]["ok"][kind] += 1
+            if request_id:
+                st.attempt_hist[attempt] += 1
+        if stream is None:
+            self.send_json(200, echo)
+        else:
+            self.send_streamed(echo, kind, min(int(stream.group(2)), MAX_FILLER), request_id or "")
+
+    def inject(self, fault: str):
+        if fault.startswith("status_"):
+            status = int(fault.split("_")[1])
+            extra = [("Retry-After", "1")] if status == 429 else []
+            self.send_json(status, {"message": "injected fault " + fault}, extra)
+            return
+        self.close_connection = True
+        if fault == "close_without_response":
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            return
-        if fault == "truncated_response":
-            with st.lock:
-                st.faults[fault] += 1
-            self.close_connection = True
+        elif fault == "reset_without_response":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.soak_reset = True  # TLSServer.shutdown_request closes it: RST
+        elif fault == "truncated_response":
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", "512")
@@ -320,41 +464,27 @@ class UpstreamHandler(Base):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            return
-        if fault is not None:
-            status = int(fault.split("_")[1])
-            with st.lock:
-                st.faults[fault] += 1
-            extra = [("Retry-After", "1")] if status == 429 else []
-            self.send_json(status, {"message": "injected fault " + fault}, extra)
-            return
-        if delay:
-            with st.lock:
-                st.slow += 1
-            time.sleep(delay)
-        params: dict[str, list[str]] = {}
-        if query:
-            for piece in query.split("&"):
-                name, _, value = piece.partition("=")
-                params.setdefault(sigv4.percent_decode(name).decode("utf-8", "replace"), []).append(
-                    sigv4.percent_decode(value).decode("utf-8", "replace")
-                )
-        with st.lock:
-            st.ok_responses += 1
-            if request_id:
-                st.attempt_hist[attempt] += 1
-        self.send_json(200, {
-            "ok": True,
-            "method": self.command,
-            "path": path,
-            "query": params,
-            "marketplace": marketplace,
-            "region": region,
-            "bodySha256": hashlib.sha256(body).hexdigest(),
-            "requestId": request_id,
-            "attempt": attempt,
-            "accessKeyId": verdict.access_key_id,
-        })
+
+    def send_streamed(self, echo: dict, kind: str, size: int, request_id: str):
+        offset = int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) % MAX_FILLER
+        filler = memoryview(FILLER)[offset:offset + size]
+        echo["fillerBytes"] = size
+        echo["fillerSha256"] = hashlib.sha256(filler).hexdigest()
+        first = _json_bytes(echo) + b"\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if kind == "large":
+            self.send_header("Content-Length", str(len(first) + size))
+            self.end_headers()
+            self.wfile.write(first)
+            for at in range(0, size, CHUNK):
+                self.wfile.write(filler[at:at + CHUNK])
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in [first] + [filler[at:at + CHUNK] for at in range(0, size, CHUNK)]:
+                self.wfile.write(b"%x\r\n" % len(piece) + bytes(piece) + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = handle_any
 
@@ -400,12 +530,12 @@ class ControlHandler(Base):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cert", required=True)
-    p.add_argument("--key", required=True)
+    p.add_argument("--cert-dir", required=True, help="holds REGION.pem and REGION.key for each region key")
     p.add_argument("--ports-file", required=True)
+    p.add_argument("--port-range", default="17000-17999")
     p.add_argument("--rotate-seconds", type=float, default=20)
     p.add_argument("--valid-seconds", type=float, default=30)
-    p.add_argument("--fault-rate", type=float, default=0.04)
+    p.add_argument("--fault-rate", type=float, default=0.05)
     p.add_argument("--slow-rate", type=float, default=0.01)
     p.add_argument("--slow-max", type=float, default=1.5)
     p.add_argument("--max-attempts", type=int, default=3)
@@ -416,23 +546,31 @@ def main() -> int:
     args = p.parse_args()
     if args.valid_seconds <= args.rotate_seconds:
         p.error("--valid-seconds must exceed --rotate-seconds (keys must overlap)")
+    lo, hi = layout.parse_range(args.port_range)
 
     global STATE
     STATE = State(args)
 
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(args.cert, args.key)
-    upstream = TLSServer(("127.0.0.1", 0), UpstreamHandler, ctx)
-    creds = QuietServer(("127.0.0.1", 0), CredentialsHandler)
-    control = QuietServer(("127.0.0.1", 0), ControlHandler)
-    STATE.host = "127.0.0.1:%d" % upstream.server_address[1]
-    servers = [upstream, creds, control]
+    # The same port on the three addresses, as Prime's three hosts all answer on 443.
+    port, socks = layout.bind_first_free([layout.ADDRESS[k] for k in layout.REGION_KEYS], lo, hi)
+    servers = []
+    for key, sock in zip(layout.REGION_KEYS, socks):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.path.join(args.cert_dir, key + ".pem"), os.path.join(args.cert_dir, key + ".key"))
+        servers.append(TLSServer(sock, UpstreamHandler, ctx, key))
+        STATE.host[key] = "%s:%d" % (layout.ADDRESS[key], port)
+    creds_port, (creds_sock,) = layout.bind_first_free(["127.0.0.1"], lo, hi, {port})
+    creds = QuietServer(creds_sock, CredentialsHandler)
+    control_port, (control_sock,) = layout.bind_first_free(["127.0.0.1"], lo, hi, {port, creds_port})
+    control = QuietServer(control_sock, ControlHandler)
+    servers += [creds, control]
     for srv in servers:
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     ports = {
-        "upstream": upstream.server_address[1],
-        "credentials": creds.server_address[1],
-        "control": control.server_address[1],
+        "upstream": port,
+        "endpoints": {key: "https://%s" % STATE.host[key] for key in layout.REGION_KEYS},
+        "credentials": creds_port,
+        "control": control_port,
     }
     tmp = args.ports_file + ".tmp"
     with open(tmp, "w") as f:
