@@ -15,7 +15,7 @@ use http_body_util::Full;
 
 /// What the process needs besides buffered bodies: code, runtime, TLS and connection state
 /// for a few hundred connections (measured: see README, "Memory budget").
-const FIXED_OVERHEAD_MIB: u64 = 48;
+const FIXED_OVERHEAD_MIB: u64 = 56;
 
 fn peak_rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
