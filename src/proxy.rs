@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -27,8 +27,6 @@ pub struct Proxy {
     max_body_bytes: u64,
     body_read_timeout: Duration,
     in_flight: Semaphore,
-    /// `[upstream.headers]`, parsed once.
-    static_headers: HeaderMap,
     /// Metric handles for requests that matched no region.
     no_region: Arc<RegionMetrics>,
 }
@@ -74,17 +72,6 @@ impl Proxy {
         upstream: Upstream,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let static_headers = config
-            .upstream
-            .headers
-            .iter()
-            .filter_map(|(name, value)| {
-                Some((
-                    http::HeaderName::from_bytes(name.as_bytes()).ok()?,
-                    HeaderValue::from_str(value).ok()?,
-                ))
-            })
-            .collect();
         let no_region = Arc::new(RegionMetrics::new(&metrics, &Arc::from(NO_REGION)));
         Self {
             table,
@@ -94,7 +81,6 @@ impl Proxy {
             body_read_timeout: Duration::from_millis(config.listener.body_read_timeout_ms),
             // Validated to fit the semaphore at start.
             in_flight: Semaphore::new(config.listener.max_in_flight.min(Semaphore::MAX_PERMITS)),
-            static_headers,
             no_region,
         }
     }
@@ -209,7 +195,7 @@ impl Proxy {
         };
         let mut headers =
             prepare::forward_headers(parts.headers, &region.host, request_id, body.len());
-        prepare::add_static_headers(&mut headers, &self.static_headers);
+        prepare::add_static_headers(&mut headers, self.upstream.static_headers());
         let outgoing = Outgoing {
             method: parts.method,
             uri,

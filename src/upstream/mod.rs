@@ -82,6 +82,8 @@ pub struct Upstream {
     body_idle_timeout: Duration,
     service: String,
     signed_headers: SignedHeaders,
+    /// `[upstream.headers]`, parsed once; their names are in `signed_headers`.
+    static_headers: HeaderMap,
     credentials: Arc<CredentialStore>,
     limiter: Arc<RateLimiter>,
     memory: MemoryBudget,
@@ -111,11 +113,17 @@ impl Upstream {
                 )
             })
             .collect();
-        let static_names: Vec<http::HeaderName> = config
+        // Validated by config: every entry is a valid name and value.
+        let static_headers: HeaderMap = config
             .upstream
             .headers
-            .keys()
-            .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    http::HeaderValue::from_str(value).ok()?,
+                ))
+            })
             .collect();
         Ok(Self {
             regions,
@@ -125,7 +133,8 @@ impl Upstream {
             total_timeout: config.upstream.total_timeout(),
             body_idle_timeout: config.upstream.body_idle_timeout(),
             service: config.signing.service.clone(),
-            signed_headers: SignedHeaders::with_static(&static_names),
+            signed_headers: SignedHeaders::with_static(static_headers.keys()),
+            static_headers,
             credentials,
             limiter,
             memory,
@@ -145,6 +154,11 @@ impl Upstream {
     /// The signing clock (its offset is exported as a metric).
     pub fn clock(&self) -> &SigningClock {
         &self.clock
+    }
+
+    /// `[upstream.headers]`, added to every request before it is forwarded.
+    pub fn static_headers(&self) -> &HeaderMap {
+        &self.static_headers
     }
 
     /// The memory budget for buffered bodies.
