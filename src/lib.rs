@@ -165,6 +165,7 @@ pub async fn run_with(
         handshake_timeout,
         idle_timeout: std::time::Duration::from_millis(config.listener.idle_timeout_ms),
         grace,
+        max_header_bytes: config.listener.max_header_bytes,
     };
     let proxy_server = tokio::spawn(listener::serve(
         listener,
@@ -191,6 +192,7 @@ pub async fn run_with(
         handshake_timeout,
         idle_timeout: std::time::Duration::from_millis(config.listener.idle_timeout_ms),
         grace: std::time::Duration::from_secs(1),
+        max_header_bytes: config.listener.max_header_bytes,
     };
     let admin_server = tokio::spawn(listener::serve(
         admin_listener,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, Version};
+use http::{header, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerConfig;
+use crate::prepare::FramingConflict;
 use crate::respond::ClientBody;
 
 /// Builds the HTTP server half shared by every connection of one listener.
@@ -59,6 +60,8 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     /// How long open connections may take to finish once `shutdown` turns true.
     pub grace: Duration,
+    /// The longest request head accepted (`listener.max_header_bytes`).
+    pub max_header_bytes: usize,
 }
 
 /// Serves `listener` until `shutdown` turns true, then lets open connections finish for up
@@ -79,6 +82,7 @@ pub async fn serve<H, F>(
         handshake_timeout,
         idle_timeout,
         grace,
+        max_header_bytes,
     } = options;
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
@@ -118,6 +122,14 @@ pub async fn serve<H, F>(
                     let activity = Arc::clone(&activity);
                     async move {
                         let _busy = activity.request_started(request.version());
+                        let mut request = request;
+                        // The head had both Content-Length and Transfer-Encoding: hyper kept
+                        // only the latter, and prepare refuses what it is told about.
+                        if activity.framing_conflict.swap(false, Ordering::Relaxed)
+                            && request.headers().contains_key(header::TRANSFER_ENCODING)
+                        {
+                            request.extensions_mut().insert(FramingConflict);
+                        }
                         Ok::<_, Infallible>(handler(request).await)
                     }
                 })
@@ -125,7 +137,11 @@ pub async fn serve<H, F>(
             let served = async {
                 match tls {
                     None => {
-                        let io = TokioIo::new(Tracked::new(stream, Arc::clone(&activity)));
+                        let io = TokioIo::new(Tracked::new(
+                            stream,
+                            Arc::clone(&activity),
+                            max_header_bytes,
+                        ));
                         watcher.watch(builder.serve_connection(io, service)).await
                     }
                     Some(acceptor) => {
@@ -143,7 +159,11 @@ pub async fn serve<H, F>(
                                     return Ok(());
                                 }
                             };
-                        let io = TokioIo::new(Tracked::new(stream, Arc::clone(&activity)));
+                        let io = TokioIo::new(Tracked::new(
+                            stream,
+                            Arc::clone(&activity),
+                            max_header_bytes,
+                        ));
                         watcher.watch(builder.serve_connection(io, service)).await
                     }
                 }
@@ -187,6 +207,10 @@ struct Activity {
     /// HTTP/2 multiplexes: once its first request has started, bytes between requests are
     /// frames (pings, settings), not the start of a head, so only the idle deadline applies.
     multiplexed: AtomicBool,
+    /// Requests finished on this connection: a new request head can only follow one.
+    finished: AtomicU64,
+    /// The request head just read carried both Content-Length and Transfer-Encoding.
+    framing_conflict: AtomicBool,
 }
 
 impl Activity {
@@ -198,6 +222,8 @@ impl Activity {
             head_started_ms: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
             multiplexed: AtomicBool::new(false),
+            finished: AtomicU64::new(0),
+            framing_conflict: AtomicBool::new(false),
         }
     }
 
@@ -264,19 +290,53 @@ struct RequestGuard(Arc<Activity>);
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.touch();
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// A stream that records its progress in an [`Activity`].
+/// A stream that records its progress in an [`Activity`], and watches HTTP/1 request heads
+/// go by for the one thing hyper cannot tell the service: that a head had both
+/// Content-Length and Transfer-Encoding (hyper keeps Transfer-Encoding, drops the length
+/// and closes the connection afterwards, RFC 9112 §6.3). A proxy refuses such a request, as
+/// Envoy does by default, so the watch reports it in `Activity::framing_conflict`.
 struct Tracked<T> {
     inner: T,
     activity: Arc<Activity>,
+    heads: HeadWatch,
+    /// `Activity::finished` when the watch last started on a head.
+    finished_seen: u64,
 }
 
 impl<T> Tracked<T> {
-    fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+    fn new(inner: T, activity: Arc<Activity>, max_header_bytes: usize) -> Self {
+        Self {
+            inner,
+            activity,
+            heads: HeadWatch::new(max_header_bytes),
+            finished_seen: 0,
+        }
+    }
+
+    /// Feeds newly read bytes to the head watch. A head is watched from the connection's
+    /// first byte and from the first bytes after each finished request (clients send their
+    /// next request after the answer); body bytes are never scanned. A head pipelined behind
+    /// a body is not watched: hyper's own framing still holds for it, so nothing ambiguous
+    /// goes upstream either way.
+    fn watch_heads(&mut self, bytes: &[u8]) {
+        if self.heads.is_waiting() {
+            let finished = self.activity.finished.load(Ordering::Relaxed);
+            if finished == self.finished_seen {
+                return;
+            }
+            self.finished_seen = finished;
+            self.heads.start();
+        }
+        if self.heads.feed(bytes) {
+            self.activity
+                .framing_conflict
+                .store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -290,8 +350,127 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.received();
+            if !self.heads.is_off() {
+                self.watch_heads(&buf.filled()[before..]);
+            }
         }
         polled
+    }
+}
+
+/// The longest header-name prefix [`HeadWatch`] compares: `transfer-encoding:`.
+const WATCHED_PREFIX: usize = 18;
+
+/// A byte-at-a-time scan of one HTTP/1 request head (request line, header lines, empty
+/// line) that notes whether it names both Content-Length and Transfer-Encoding. It keeps
+/// only the first bytes of the current line, so heads split across reads cost nothing more.
+#[derive(Debug)]
+struct HeadWatch {
+    state: WatchState,
+    max_bytes: usize,
+    /// Bytes of the current head seen so far.
+    scanned: usize,
+    /// Lines of the current head completed so far (the request line is the first).
+    lines: usize,
+    /// The current line's first bytes, lower-cased, without CR.
+    prefix: [u8; WATCHED_PREFIX],
+    /// Bytes in the current line, without CR.
+    line_len: usize,
+    content_length: bool,
+    transfer_encoding: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WatchState {
+    /// Inside a head.
+    Scanning,
+    /// Between heads: waiting for a request to finish.
+    Waiting,
+    /// An HTTP/2 connection: there are no more HTTP/1 heads to watch.
+    Off,
+}
+
+impl HeadWatch {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            state: WatchState::Scanning,
+            max_bytes,
+            scanned: 0,
+            lines: 0,
+            prefix: [0; WATCHED_PREFIX],
+            line_len: 0,
+            content_length: false,
+            transfer_encoding: false,
+        }
+    }
+
+    fn is_waiting(&self) -> bool {
+        self.state == WatchState::Waiting
+    }
+
+    fn is_off(&self) -> bool {
+        self.state == WatchState::Off
+    }
+
+    /// Starts watching a new head.
+    fn start(&mut self) {
+        *self = Self::new(self.max_bytes);
+    }
+
+    /// Scans `bytes`; true when they end a head that had both framing headers.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        for &byte in bytes {
+            if self.state != WatchState::Scanning {
+                break;
+            }
+            self.scanned += 1;
+            match byte {
+                b'\r' => {}
+                b'\n' => {
+                    if self.end_line() {
+                        return true;
+                    }
+                }
+                _ => {
+                    if let Some(slot) = self.prefix.get_mut(self.line_len) {
+                        *slot = byte.to_ascii_lowercase();
+                    }
+                    self.line_len += 1;
+                }
+            }
+            // Longer than hyper accepts: hyper refuses it, and this is no head to watch.
+            if self.scanned > self.max_bytes {
+                self.state = WatchState::Waiting;
+            }
+        }
+        false
+    }
+
+    /// A line ended; true when it ended a head with both framing headers.
+    fn end_line(&mut self) -> bool {
+        let line = &self.prefix[..self.line_len.min(WATCHED_PREFIX)];
+        let first = self.lines == 0;
+        self.line_len = 0;
+        if line.is_empty() {
+            // Empty lines before the request line are allowed (RFC 9112 §2.2).
+            if first {
+                return false;
+            }
+            self.state = WatchState::Waiting;
+            return self.content_length && self.transfer_encoding;
+        }
+        self.lines += 1;
+        if first {
+            // The HTTP/2 connection preface: `PRI * HTTP/2.0`.
+            if line == b"pri * http/2.0" {
+                self.state = WatchState::Off;
+            }
+        } else if line.starts_with(b"content-length:") {
+            self.content_length = true;
+        } else if line.starts_with(b"transfer-encoding:") {
+            self.transfer_encoding = true;
+        }
+        false
     }
 }
 
@@ -330,5 +509,78 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `head` to a fresh watch in pieces of `step` bytes; true when it reported both
+    /// framing headers.
+    fn conflict(head: &[u8], step: usize) -> bool {
+        let mut watch = HeadWatch::new(16 * 1024);
+        let mut seen = false;
+        for piece in head.chunks(step) {
+            seen |= watch.feed(piece);
+        }
+        seen
+    }
+
+    #[test]
+    fn both_framing_headers_are_seen_in_any_order_case_and_split() {
+        let heads: [&[u8]; 4] = [
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\nHost: x\r\ncontent-length: 5\r\n\r\n",
+            b"\r\nPOST / HTTP/1.1\r\nCONTENT-LENGTH:5\r\nTRANSFER-ENCODING:chunked\r\n\r\n5\r\nhello",
+            b"POST / HTTP/1.1\nContent-Length: 5\nTransfer-Encoding: chunked\n\n",
+        ];
+        for head in heads {
+            for step in [1, 2, 7, head.len()] {
+                assert!(conflict(head, step), "{step}: {}", head.escape_ascii());
+            }
+        }
+    }
+
+    #[test]
+    fn one_framing_header_or_a_lookalike_is_no_conflict() {
+        let heads: [&[u8]; 5] = [
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nX-Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Lengthy: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            // A body that looks like headers is not scanned: the head ended before it.
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1c\r\ncontent-length: 5\r\n\r\n\r\n",
+        ];
+        for head in heads {
+            for step in [1, 3, head.len()] {
+                assert!(!conflict(head, step), "{step}: {}", head.escape_ascii());
+            }
+        }
+    }
+
+    #[test]
+    fn the_watch_waits_between_heads_and_stops_for_http2() {
+        let mut watch = HeadWatch::new(16 * 1024);
+        assert!(!watch.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(watch.is_waiting());
+        // Waiting: bytes are not scanned until the next head starts.
+        assert!(!watch
+            .feed(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        watch.start();
+        assert!(watch
+            .feed(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"));
+
+        let mut h2 = HeadWatch::new(16 * 1024);
+        assert!(!h2.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(h2.is_off());
+
+        // A head longer than hyper accepts is not watched to its end.
+        let mut long = HeadWatch::new(64);
+        let mut head = b"POST / HTTP/1.1\r\nContent-Length: 5\r\n".to_vec();
+        head.extend_from_slice(&[b'a'; 80]);
+        head.extend_from_slice(b"\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(!long.feed(&head));
+        assert!(long.is_waiting());
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Uri, Version};
+use http::{Extensions, Method, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 
@@ -78,12 +78,19 @@ pub enum PrepareError {
     OverBudget(#[from] OverBudget),
 }
 
+/// Marks a request whose head had both Content-Length and Transfer-Encoding. hyper resolves
+/// that framing before the service sees the request (Transfer-Encoding wins, the length is
+/// removed), so the listener, which sees the raw head, attaches this to the request.
+#[derive(Debug, Clone, Copy)]
+pub struct FramingConflict;
+
 /// Refuses a request whose body length is ambiguous (RFC 9112 §6.3: a proxy must not forward
-/// it as it is; Envoy refuses it too), the classic request-smuggling shape.
-pub fn check_framing(headers: &HeaderMap) -> Result<(), PrepareError> {
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.contains_key(header::CONTENT_LENGTH)
-    {
+/// it as it is; Envoy refuses it too), the classic request-smuggling shape: both headers
+/// still present, or the listener saw both in the raw head ([`FramingConflict`]).
+pub fn check_framing(headers: &HeaderMap, extensions: &Extensions) -> Result<(), PrepareError> {
+    let both = headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH);
+    if both || extensions.get::<FramingConflict>().is_some() {
         return Err(PrepareError::AmbiguousFraming);
     }
     Ok(())
@@ -706,13 +713,20 @@ mod tests {
     fn ambiguous_framing_is_refused() {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert!(check_framing(&headers).is_ok());
+        assert!(check_framing(&headers, &Extensions::new()).is_ok());
         headers.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
         assert!(matches!(
-            check_framing(&headers),
+            check_framing(&headers, &Extensions::new()),
+            Err(PrepareError::AmbiguousFraming)
+        ));
+        // What the listener reports from the raw head counts too.
+        let mut marked = Extensions::new();
+        marked.insert(FramingConflict);
+        assert!(matches!(
+            check_framing(&HeaderMap::new(), &marked),
             Err(PrepareError::AmbiguousFraming)
         ));
     }

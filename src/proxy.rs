@@ -168,7 +168,7 @@ impl Proxy {
         log.set_region(&metrics);
         let (parts, body) = request.into_parts();
         if let Err(e) = prepare::check_target(&parts.method, &parts.uri, parts.version)
-            .and_then(|()| prepare::check_framing(&parts.headers))
+            .and_then(|()| prepare::check_framing(&parts.headers, &parts.extensions))
             .and_then(|()| prepare::check_signed_headers(&parts.headers))
         {
             return fail(Some(metrics), e.into());

@@ -144,7 +144,9 @@ async fn a_connection_header_naming_the_proxy_headers_does_not_remove_them() {
         X-Hop: hop-value\r\n\
         Connection: x-amz-marketplace, x-amz-request-id, X-Hop\r\n\
         \r\n";
-    let reply = send_raw(&proxy, request).await;
+    // Keep-alive (the Connection header names no `close`): read exactly one reply.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let reply = exchange(&mut stream, request).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.header("x-amz-request-id"), Some("app-id-42"));
     let received = ups.eu.requests().pop().expect("eu received nothing");
@@ -171,47 +173,102 @@ async fn a_connection_header_naming_the_proxy_headers_does_not_remove_them() {
     proxy.stop().await;
 }
 
-/// The issue asks for 400 `bad_request` here. hyper's HTTP/1 parser already resolves the
-/// ambiguity before the proxy sees the request (RFC 9112 §6.1: Transfer-Encoding wins, the
-/// Content-Length is removed, the connection is closed after the answer), so the proxy cannot
-/// tell such a request apart; what this test holds is that nothing ambiguous goes upstream:
-/// the body Prime receives is the chunked one, with a Content-Length that matches it.
+/// Both Content-Length and Transfer-Encoding: 400 `bad_request`, nothing upstream, in either
+/// order and whatever the length says; as the first request on a connection and after
+/// keep-alive requests on it.
 #[tokio::test]
-async fn content_length_together_with_transfer_encoding_never_reaches_upstream_ambiguous() {
+async fn content_length_together_with_transfer_encoding_is_refused() {
     let (_pki, ups, proxy) = setup().await;
     let cases: [(&str, &[u8]); 3] = [
         (
             "Content-Length, then chunked",
-            b"POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: US\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: US\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         ),
         (
             "chunked, then Content-Length",
-            b"POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: DE\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: DE\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         ),
         (
             "a length that disagrees with the chunks",
-            b"POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: JP\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: JP\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         ),
     ];
     for (what, request) in cases {
-        let reply = send_raw(&proxy, request).await;
-        assert_eq!(reply.status, 200, "{what}: {}", reply.text);
+        // First on its connection.
+        send_raw(&proxy, request)
+            .await
+            .assert_error(400, "bad_request", what);
+        // After two keep-alive requests on the same connection, one of them chunked.
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        for earlier in [
+            &b"GET /v1/benefits HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: US\r\n\r\n"[..],
+            &b"POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: DE\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        ] {
+            let reply = exchange(&mut stream, earlier).await;
+            assert_eq!(reply.status, 200, "{what}, earlier request: {}", reply.text);
+        }
+        exchange(&mut stream, request).await.assert_error(
+            400,
+            "bad_request",
+            &format!("{what}, after keep-alive"),
+        );
     }
+    assert_eq!(ups.count(), 6, "only the earlier requests went upstream");
     for received in ups.all().iter().flat_map(|u| u.requests()) {
-        assert_eq!(received.body, b"hello");
-        assert_eq!(received.header("content-length"), Some("5"));
-        assert!(received.header("transfer-encoding").is_none());
         received.assert_signed();
     }
-    assert_eq!(ups.count(), 3);
-    // Either framing alone is fine.
+    assert_eq!(ups.na.count(), 3, "the earlier GETs");
+    assert_eq!(
+        ups.eu
+            .requests()
+            .iter()
+            .filter(|r| r.body == b"hello")
+            .count(),
+        3
+    );
+    assert_eq!(ups.fe.count(), 0, "the JP request was refused");
+    // Either framing alone is fine, also one after the other on one connection.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     for request in [
-        &b"POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: US\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"[..],
-        &b"POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: US\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        &b"POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: US\r\nContent-Length: 5\r\n\r\nhello"[..],
+        &b"POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: US\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        &b"POST /v1/link HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: US\r\nContent-Length: 5\r\n\r\nhello"[..],
     ] {
-        let reply = send_raw(&proxy, request).await;
+        let reply = exchange(&mut stream, request).await;
         assert_eq!(reply.status, 200, "{}", reply.text);
         assert_eq!(ups.na.requests().pop().unwrap().body, b"hello");
     }
     proxy.stop().await;
+}
+
+/// Writes one request on a keep-alive connection and reads one reply with a Content-Length.
+async fn exchange(stream: &mut tokio::net::TcpStream, request: &[u8]) -> RawReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if out.len() >= end + 4 + length {
+                    break;
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("no reply within 10 s");
+    RawReply::parse(String::from_utf8_lossy(&out).into_owned())
 }
