@@ -418,11 +418,20 @@ impl HeadWatch {
     }
 
     /// Scans `bytes`; true when they end a head that had both framing headers.
-    fn feed(&mut self, bytes: &[u8]) -> bool {
-        for &byte in bytes {
-            if self.state != WatchState::Scanning {
-                break;
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        while self.state == WatchState::Scanning {
+            if self.line_len >= WATCHED_PREFIX {
+                // The rest of a long line (the request line with its query, a token): only
+                // its end matters.
+                let skip = memchr::memchr(b'\n', bytes).unwrap_or(bytes.len());
+                self.scanned += skip;
+                self.line_len += skip;
+                bytes = &bytes[skip..];
             }
+            let Some((&byte, rest)) = bytes.split_first() else {
+                break;
+            };
+            bytes = rest;
             self.scanned += 1;
             match byte {
                 b'\r' => {}
@@ -539,6 +548,15 @@ mod tests {
             for step in [1, 2, 7, head.len()] {
                 assert!(conflict(head, step), "{step}: {}", head.escape_ascii());
             }
+        }
+        // Long lines (a 500-byte query, a long value) are skipped over, in any split.
+        let mut long = b"GET /v1/benefits?customerIdentifier=".to_vec();
+        long.extend_from_slice(&[b'A'; 500]);
+        long.extend_from_slice(b" HTTP/1.1\r\nX-Long: ");
+        long.extend_from_slice(&[b'b'; 300]);
+        long.extend_from_slice(b"\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for step in [1, 5, 19, 64, long.len()] {
+            assert!(conflict(&long, step), "{step}");
         }
     }
 
