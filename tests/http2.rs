@@ -135,34 +135,10 @@ async fn http2_responses_stream_while_other_requests_share_the_connection() {
     const FIRST: usize = 4 * 1024;
     for marketplace in ["US", "DE", "JP"] {
         let upstream = ups.for_marketplace(marketplace);
-        let release = Release::new();
-        upstream.push([Action::FirstChunkThenWait {
-            first: FIRST,
-            rest: LARGE,
-            release: release.clone(),
-        }]);
         // Its own client connection: the proxy side must not serialise the requests.
-        let mut response = get_head(
-            &streaming_client,
-            &proxy.url("/v1/stream"),
-            &[("x-amz-marketplace", marketplace)],
-        )
-        .await;
-        assert_eq!(response.status(), 200, "{marketplace}");
-        let mut got = Vec::new();
-        let first = tokio::time::timeout(Duration::from_secs(3), async {
-            while got.len() < FIRST {
-                match next_data(response.body_mut()).await {
-                    Some(Ok(data)) => got.extend_from_slice(&data),
-                    other => panic!("{marketplace}: body ended early: {other:?}"),
-                }
-            }
-        })
-        .await;
-        assert!(
-            first.is_ok(),
-            "{marketplace}: the first bytes did not arrive while the upstream held back the rest"
-        );
+        let url = proxy.url("/v1/stream");
+        let held =
+            HeldStream::open(&streaming_client, &url, upstream, marketplace, FIRST, LARGE).await;
         // While that stream is open, other requests to the region go over the same
         // connection without waiting for it.
         for ask in [ASK_LENGTH, ASK_CHUNKED] {
@@ -183,13 +159,7 @@ async fn http2_responses_stream_while_other_requests_share_the_connection() {
                 started.elapsed()
             );
         }
-        release.release();
-        let rest = tokio::time::timeout(Duration::from_secs(10), read_to_end(response.body_mut()))
-            .await
-            .unwrap()
-            .unwrap();
-        got.extend_from_slice(&rest);
-        assert!(got == pattern(FIRST + LARGE), "{marketplace}: bytes differ");
+        held.finish().await;
         assert_eq!(upstream.accepted(), 1, "{marketplace}");
     }
     assert_all_h2_and_signed(&ups);

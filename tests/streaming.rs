@@ -145,47 +145,11 @@ async fn the_client_reads_the_first_bytes_while_the_upstream_is_still_sending() 
     const REST: usize = LARGE;
     for marketplace in ["US", "DE", "JP"] {
         let upstream = ups.for_marketplace(marketplace);
-        let release = Release::new();
-        upstream.push([Action::FirstChunkThenWait {
-            first: FIRST,
-            rest: REST,
-            release: release.clone(),
-        }]);
-        let mut response = get_head(
-            &client,
-            &proxy.url("/v1/stream"),
-            &[("x-amz-marketplace", marketplace)],
-        )
-        .await;
-        assert_eq!(response.status(), 200, "{marketplace}");
-        let mut got = Vec::new();
-        let first = tokio::time::timeout(Duration::from_secs(3), async {
-            while got.len() < FIRST {
-                match next_data(response.body_mut()).await {
-                    Some(Ok(data)) => got.extend_from_slice(&data),
-                    other => panic!("{marketplace}: body ended early: {other:?}"),
-                }
-            }
-        })
-        .await;
-        assert!(
-            first.is_ok(),
-            "{marketplace}: the first {FIRST} bytes did not reach the client while the upstream \
-             held back the rest (got {} bytes): the response is not streamed",
-            got.len()
-        );
-        assert_eq!(
-            got.len(),
-            FIRST,
-            "{marketplace}: bytes the upstream has not sent"
-        );
-        release.release();
-        let rest = tokio::time::timeout(Duration::from_secs(10), read_to_end(response.body_mut()))
+        let url = proxy.url("/v1/stream");
+        HeldStream::open(&client, &url, upstream, marketplace, FIRST, REST)
             .await
-            .unwrap()
-            .unwrap();
-        got.extend_from_slice(&rest);
-        assert!(got == pattern(FIRST + REST), "{marketplace}: bytes differ");
+            .finish()
+            .await;
         // Other traffic between the streams.
         other_traffic(&client, &proxy, "CA").await;
     }

@@ -1333,6 +1333,85 @@ pub async fn get_head(
         .expect("request to the proxy failed")
 }
 
+/// A streamed response whose upstream has sent its first bytes and holds back the rest.
+pub struct HeldStream {
+    pub response: Response<Incoming>,
+    /// What the client has read so far.
+    pub got: Vec<u8>,
+    release: Release,
+    total: usize,
+    marketplace: String,
+}
+
+impl HeldStream {
+    /// Asks `upstream` (through `url`, a streaming path) for `first` bytes followed by
+    /// `rest` held back, and asserts the client reads the first bytes while the rest is
+    /// still held: the response is streamed, not buffered.
+    pub async fn open(
+        client: &PlainClient,
+        url: &str,
+        upstream: &FakeUpstream,
+        marketplace: &str,
+        first: usize,
+        rest: usize,
+    ) -> Self {
+        let release = Release::new();
+        upstream.push([Action::FirstChunkThenWait {
+            first,
+            rest,
+            release: release.clone(),
+        }]);
+        let mut response = get_head(client, url, &[("x-amz-marketplace", marketplace)]).await;
+        assert_eq!(response.status(), 200, "{marketplace}");
+        let mut got = Vec::new();
+        let read_first = tokio::time::timeout(Duration::from_secs(3), async {
+            while got.len() < first {
+                match next_data(response.body_mut()).await {
+                    Some(Ok(data)) => got.extend_from_slice(&data),
+                    other => panic!("{marketplace}: body ended early: {other:?}"),
+                }
+            }
+        })
+        .await;
+        assert!(
+            read_first.is_ok(),
+            "{marketplace}: the first {first} bytes did not reach the client while the upstream \
+             held back the rest (got {} bytes): the response is not streamed",
+            got.len()
+        );
+        assert_eq!(
+            got.len(),
+            first,
+            "{marketplace}: bytes the upstream has not sent"
+        );
+        Self {
+            response,
+            got,
+            release,
+            total: first + rest,
+            marketplace: marketplace.to_owned(),
+        }
+    }
+
+    /// Lets the upstream send the rest and asserts the client gets every byte, in order.
+    pub async fn finish(mut self) {
+        self.release.release();
+        let rest = tokio::time::timeout(
+            Duration::from_secs(10),
+            read_to_end(self.response.body_mut()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        self.got.extend_from_slice(&rest);
+        assert!(
+            self.got == pattern(self.total),
+            "{}: bytes differ",
+            self.marketplace
+        );
+    }
+}
+
 /// The next data bytes of a streamed body (skipping trailers), `None` at its end.
 pub async fn next_data(body: &mut Incoming) -> Option<Result<Bytes, String>> {
     loop {
