@@ -34,10 +34,7 @@ fn log_lines(proxy: &ProxyProcess) -> Vec<serde_json::Value> {
 async fn each_kind_of_403_is_counted_explained_once_and_passed_through() {
     let pki = Pki::new();
     let upstream = FakeUpstream::start(&pki).await;
-    let mut command = clean_command(pki.dir.path());
-    command
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+    let command = command_with_static_key(pki.dir.path());
     let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, "")).await;
     let client = client();
     for (kind, _) in KINDS {

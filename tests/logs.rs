@@ -115,10 +115,7 @@ const REPORT: &str = "log lines dropped: stdout was not being read";
 async fn a_stdout_pipe_nobody_reads_never_holds_up_a_request() {
     let pki = Pki::new();
     let upstream = FakeUpstream::start(&pki).await;
-    let mut command = clean_command(pki.dir.path());
-    command
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+    let command = command_with_static_key(pki.dir.path());
     let config = config_file(&pki, &upstream, "");
     let mut proxy = Started::spawn(command, &config, |line| {
         json(line)["message"] == "prime-sigv4-proxy serving"
@@ -228,11 +225,8 @@ async fn a_stdout_pipe_nobody_reads_never_holds_up_a_request() {
 async fn text_logs_into_a_pipe_have_no_colour_codes() {
     let pki = Pki::new();
     let upstream = FakeUpstream::start(&pki).await;
-    let mut command = clean_command(pki.dir.path());
-    command
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("PRIME_PROXY_LOG_FORMAT", "text");
+    let mut command = command_with_static_key(pki.dir.path());
+    command.env("PRIME_PROXY_LOG_FORMAT", "text");
     let config = config_file(&pki, &upstream, "");
     let mut proxy = Started::spawn(command, &config, |line| {
         line.contains("prime-sigv4-proxy serving")

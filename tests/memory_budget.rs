@@ -35,10 +35,7 @@ async fn a_burst_of_large_uploads_stays_inside_the_budget_and_nothing_is_lost() 
     let upstream = FakeUpstream::start(&pki).await;
     // A slow upstream: every request it gets waits, so bodies stay buffered meanwhile.
     upstream.push((0..UPLOADS).map(|_| Action::Sleep(Duration::from_millis(1500))));
-    let mut command = clean_command(pki.dir.path());
-    command
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+    let command = command_with_static_key(pki.dir.path());
     let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, "")).await;
     let pid = proxy.child.id().unwrap();
     let body = Bytes::from(vec![b'x'; 1024 * 1024]);

@@ -146,11 +146,8 @@ fn shared(url: &str, on_error: &str) -> String {
 }
 
 async fn proxy(pki: &Pki, config: &Path, rust_log: &str) -> ProxyProcess {
-    let mut command = clean_command(pki.dir.path());
-    command
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("RUST_LOG", rust_log);
+    let mut command = command_with_static_key(pki.dir.path());
+    command.env("RUST_LOG", rust_log);
     ProxyProcess::start(command, config).await
 }
 

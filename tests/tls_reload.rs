@@ -22,10 +22,7 @@ async fn a_certificate_read_that_blocks_does_not_stop_the_single_worker() {
         cert_file.display().to_string(),
         key_file.display().to_string()
     );
-    let mut command = clean_command(pki.dir.path());
-    command
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+    let command = command_with_static_key(pki.dir.path());
     // worker_threads is 1 by default: one blocked worker would be the whole proxy.
     let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, &extra)).await;
     let client = client();
