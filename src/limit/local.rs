@@ -12,7 +12,7 @@ use governor::Quota;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{LimitError, QuotaSpec};
+use super::{wait_for_next_permit, LimitError, QuotaSpec};
 
 /// Tokio's clock for governor: the same monotonic time as `tokio::time` (so the buckets
 /// follow paused time in tests), as nanoseconds since the buckets were made.
@@ -82,17 +82,7 @@ impl LocalBuckets {
                 Ok(()) => return Ok(()),
                 Err(not_until) => not_until.wait_time_from(self.clock.now()),
             };
-            if Instant::now() + wait > deadline {
-                return Err(LimitError::RateLimited { retry_after: wait });
-            }
-            if parked.is_none() {
-                parked = Some(
-                    waiting
-                        .try_acquire()
-                        .map_err(|_| LimitError::RateLimited { retry_after: wait })?,
-                );
-            }
-            tokio::time::sleep(wait).await;
+            wait_for_next_permit(wait, deadline, waiting, &mut parked).await?;
         }
     }
 }

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use http::Method;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use crate::config::{RateLimitConfig, RouteLimitConfig};
@@ -202,6 +202,29 @@ impl RateLimiter {
             }
         }
     }
+}
+
+/// One wait for a permit that comes in `wait`: refused when that is past `deadline`, or when
+/// `rate_limit.max_waiting` requests already wait (`parked` keeps this request's place in
+/// `waiting` from its first wait on).
+async fn wait_for_next_permit<'a>(
+    wait: Duration,
+    deadline: Instant,
+    waiting: &'a Semaphore,
+    parked: &mut Option<SemaphorePermit<'a>>,
+) -> Result<(), LimitError> {
+    if Instant::now() + wait > deadline {
+        return Err(LimitError::RateLimited { retry_after: wait });
+    }
+    if parked.is_none() {
+        *parked = Some(
+            waiting
+                .try_acquire()
+                .map_err(|_| LimitError::RateLimited { retry_after: wait })?,
+        );
+    }
+    tokio::time::sleep(wait).await;
+    Ok(())
 }
 
 #[cfg(test)]

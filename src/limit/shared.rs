@@ -26,7 +26,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::local::LocalBuckets;
-use super::{Background, LimitError, QuotaSpec};
+use super::{wait_for_next_permit, Background, LimitError, QuotaSpec};
 use crate::config::{redact_url_password, OnRedisError, SharedLimitConfig};
 
 /// A lease covers about this much of the replica's own traffic.
@@ -728,17 +728,7 @@ impl SharedLimiter {
             let now = Instant::now();
             if let Some(wait) = shared.denied_for(q, now) {
                 // Redis said when the next permit comes: no need to ask before then.
-                if now + wait > deadline {
-                    return Err(LimitError::RateLimited { retry_after: wait });
-                }
-                if parked.is_none() {
-                    parked = Some(
-                        waiting
-                            .try_acquire()
-                            .map_err(|_| LimitError::RateLimited { retry_after: wait })?,
-                    );
-                }
-                tokio::time::sleep(wait).await;
+                wait_for_next_permit(wait, deadline, waiting, &mut parked).await?;
                 continue;
             }
             // Nothing held and Redis may have permits: ask the task and wait for its answer.
