@@ -207,12 +207,33 @@ pub struct RegionMetrics {
 }
 
 impl RegionMetrics {
-    /// The handles of region `region` (or [`NO_REGION`]).
+    /// The handles of region `region` (or [`NO_REGION`]). Requests that matched no region
+    /// have no upstream: their attempt, retry, budget and connection handles are not
+    /// registered, so no `region="none"` budget at 0 or connection gauge shows up beside the
+    /// real regions (a `min(prime_proxy_retry_budget_tokens)` alert would fire on it).
     pub fn new(metrics: &Metrics, region: &Arc<str>) -> Self {
         let labels = RegionLabels {
             region: Arc::clone(region),
         };
+        let upstream = &**region != NO_REGION;
+        let counter = |family: &Family<RegionLabels, Counter>| {
+            if upstream {
+                family.get_or_create(&labels).clone()
+            } else {
+                Counter::default()
+            }
+        };
+        let gauge = |family: &Family<RegionLabels, Gauge>| {
+            if upstream {
+                family.get_or_create(&labels).clone()
+            } else {
+                Gauge::default()
+            }
+        };
         let attempts = ATTEMPT_OUTCOMES.map(|outcome| {
+            if !upstream {
+                return Counter::default();
+            }
             metrics
                 .upstream_attempts
                 .get_or_create(&AttemptLabels {
@@ -227,13 +248,10 @@ impl RegionMetrics {
             by_status: (0..600).map(|_| OnceLock::new()).collect(),
             duration: metrics.request_duration.get_or_create(&labels).clone(),
             attempts,
-            retries: metrics.retries.get_or_create(&labels).clone(),
-            budget_exhausted: metrics
-                .retry_budget_exhausted
-                .get_or_create(&labels)
-                .clone(),
-            budget_tokens: metrics.retry_budget_tokens.get_or_create(&labels).clone(),
-            connections: metrics.upstream_connections.get_or_create(&labels).clone(),
+            retries: counter(&metrics.retries),
+            budget_exhausted: counter(&metrics.retry_budget_exhausted),
+            budget_tokens: gauge(&metrics.retry_budget_tokens),
+            connections: gauge(&metrics.upstream_connections),
             auth_failures: metrics.upstream_auth_failures.clone(),
         }
     }

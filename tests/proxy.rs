@@ -504,6 +504,22 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     ] {
         assert!(metrics.contains(series), "missing {series} in\n{metrics}");
     }
+    // Every region has its retry budget and connection gauge; requests that matched no
+    // region have no upstream, so no budget (at 0) or connections of their own.
+    for region in ["na", "eu", "fe"] {
+        for series in [
+            "prime_proxy_retry_budget_tokens",
+            "prime_proxy_upstream_connections",
+        ] {
+            let series = format!("{series}{{region=\"{region}\"}}");
+            assert!(metrics.contains(&series), "missing {series} in\n{metrics}");
+        }
+    }
+    let none_upstream: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains("region=\"none\"") && !l.starts_with("prime_proxy_request"))
+        .collect();
+    assert!(none_upstream.is_empty(), "{none_upstream:?}");
     assert_eq!(get(&client, &admin("/nope"), &[]).await.status, 404);
     proxy.stop().await;
 }
