@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
@@ -130,7 +130,7 @@ impl DebugTargets {
     }
 }
 
-/// How often collected log lines are written out.
+/// How long the writer collects lines after the first one of a batch before writing them out.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Collected bytes beyond which new lines are dropped until the writer catches up: with the
 /// batch being written, log lines hold at most twice this in memory.
@@ -178,6 +178,9 @@ struct Pending {
     collected: Mutex<Collected>,
     limit: usize,
     stop: AtomicBool,
+    /// The writer thread, woken by the first line of a batch: an idle proxy's writer sleeps
+    /// instead of waking 20 times a second to find nothing.
+    writer: OnceLock<std::thread::Thread>,
 }
 
 impl Pending {
@@ -186,6 +189,7 @@ impl Pending {
             collected: Mutex::new(Collected::default()),
             limit,
             stop: AtomicBool::new(false),
+            writer: OnceLock::new(),
         }
     }
 
@@ -203,7 +207,14 @@ impl Pending {
             LINES_DROPPED.inc();
             return;
         }
+        let first = collected.bytes.is_empty();
         collected.bytes.extend_from_slice(line);
+        drop(collected);
+        if first {
+            if let Some(writer) = self.writer.get() {
+                writer.unpark();
+            }
+        }
     }
 
     /// Takes the collected lines and the record of what was dropped after them.
@@ -252,7 +263,13 @@ impl BatchedStdout {
             .name("log-writer".into())
             .spawn(move || {
                 while !worker.stop.load(Ordering::Acquire) {
-                    std::thread::park_timeout(FLUSH_EVERY);
+                    // Until the first line of a batch (or the stop) unparks this thread; a
+                    // spurious wake-up only costs an empty round.
+                    std::thread::park();
+                    if !worker.stop.load(Ordering::Acquire) {
+                        // Collect for a moment, so a busy proxy writes batches, not lines.
+                        std::thread::park_timeout(FLUSH_EVERY);
+                    }
                     worker.write_to(&mut std::io::stdout().lock());
                 }
                 // Twice: the second writes a report collected by the first.
@@ -260,6 +277,11 @@ impl BatchedStdout {
                 worker.write_to(&mut std::io::stdout().lock());
             })
             .ok();
+        // Set before the subscriber that appends lines is installed, so no line can come
+        // before the writer can be woken.
+        if let Some(thread) = &thread {
+            let _ = pending.writer.set(thread.thread().clone());
+        }
         (Self(Arc::clone(&pending)), FlushOnDrop { pending, thread })
     }
 }
