@@ -181,6 +181,10 @@ impl SignedHeaders {
     }
 }
 
+/// Headers [`sign_request`] may add: `x-amz-date`, `x-amz-content-sha256`,
+/// `x-amz-security-token`, `authorization`. A map with room for them is not regrown.
+pub const ADDED_HEADERS: usize = 4;
+
 /// Signs the request in place: sets `x-amz-date`, `x-amz-content-sha256`, with temporary
 /// credentials `x-amz-security-token`, and `authorization`.
 ///
@@ -219,10 +223,10 @@ pub fn sign_request_with(
     let payload_hash: &[u8] = body_hash
         .as_ref()
         .map_or(EMPTY_SHA256.as_bytes(), |h| &h[..]);
-    // Room for the up to four headers set here, at most one allocation (none when the
-    // caller made the map big enough) instead of a regrowth per insert.
+    // Room for the headers set here: at most one regrowth (none when the caller made the
+    // map big enough) instead of one per insert.
     headers
-        .try_reserve(4)
+        .try_reserve(ADDED_HEADERS)
         .map_err(|_| SignError("too many headers".into()))?;
     headers.insert(&X_AMZ_DATE, header_value(amz_date.as_bytes())?);
     let content_sha256 = match body_hash {
