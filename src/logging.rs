@@ -341,97 +341,137 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
+        // Written straight into `writer`: tracing-subscriber's per-thread line buffer, which
+        // is reused from line to line, so a line costs no allocation of its own.
         let metadata = event.metadata();
-        let mut line = String::with_capacity(256);
-        line.push_str("{\"timestamp\":\"");
-        push_timestamp(&mut line, SystemTime::now());
-        line.push_str("\",\"level\":\"");
-        line.push_str(metadata.level().as_str());
-        line.push('"');
-        let mut fields = JsonFields { line: &mut line };
+        writer.write_str("{\"timestamp\":\"")?;
+        push_timestamp(&mut writer, SystemTime::now());
+        writer.write_str("\",\"level\":\"")?;
+        writer.write_str(metadata.level().as_str())?;
+        writer.write_char('"')?;
+        let mut fields = JsonFields {
+            line: &mut writer,
+            result: Ok(()),
+        };
         event.record(&mut fields);
-        line.push_str(",\"target\":");
-        push_json_string(&mut line, metadata.target());
-        line.push_str("}\n");
-        writer.write_str(&line)
+        fields.result?;
+        writer.write_str(",\"target\":")?;
+        push_json_string(&mut writer, metadata.target())?;
+        writer.write_str("}\n")
     }
 }
 
 /// Appends `,"name":value` for every field of an event.
-struct JsonFields<'a> {
-    line: &'a mut String,
+struct JsonFields<'a, W: fmt::Write> {
+    line: &'a mut W,
+    /// The first write error (`Visit` methods return nothing).
+    result: fmt::Result,
 }
 
-impl JsonFields<'_> {
-    fn key(&mut self, field: &Field) {
-        self.line.push(',');
-        push_json_string(self.line, field.name());
-        self.line.push(':');
+impl<W: fmt::Write> JsonFields<'_, W> {
+    /// Writes the field's key, then its value with `value`.
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = self
+            .line
+            .write_char(',')
+            .and_then(|()| push_json_string(self.line, field.name()))
+            .and_then(|()| self.line.write_char(':'))
+            .and_then(|()| value(self.line));
     }
 }
 
-impl Visit for JsonFields<'_> {
+impl<W: fmt::Write> Visit for JsonFields<'_, W> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.key(field);
-        push_json_string(self.line, value);
+        self.field(field, |line| push_json_string(line, value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field);
-        self.line.push_str(if value { "true" } else { "false" });
+        self.field(field, |line| {
+            line.write_str(if value { "true" } else { "false" })
+        });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.field(field, |line| write!(line, "{value}"));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.field(field, |line| write!(line, "{value}"));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(field);
-        if value.is_finite() {
-            let _ = write!(self.line, "{value}");
-        } else {
-            self.line.push_str("null");
-        }
+        self.field(field, |line| {
+            if value.is_finite() {
+                write!(line, "{value}")
+            } else {
+                line.write_str("null")
+            }
+        });
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.key(field);
-        push_json_string(self.line, &value.to_string());
+        self.field(field, |line| push_json_display(line, value));
     }
 
+    /// Also the message (`format_args!`) and `%`-formatted fields: formatted straight into
+    /// the line through the escaper, without a `String` of their own.
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.key(field);
-        push_json_string(self.line, &format!("{value:?}"));
+        self.field(field, |line| {
+            line.write_char('"')?;
+            write!(JsonEscaped(line), "{value:?}")?;
+            line.write_char('"')
+        });
     }
 }
 
 /// A JSON string literal, escaped as RFC 8259 requires.
-fn push_json_string(out: &mut String, text: &str) {
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
+fn push_json_string<W: fmt::Write + ?Sized>(out: &mut W, text: &str) -> fmt::Result {
+    out.write_char('"')?;
+    JsonEscaped(&mut *out).write_str(text)?;
+    out.write_char('"')
+}
+
+/// `value`'s `Display` text as a JSON string literal.
+fn push_json_display<W: fmt::Write + ?Sized>(out: &mut W, value: &dyn fmt::Display) -> fmt::Result {
+    out.write_char('"')?;
+    write!(JsonEscaped(&mut *out), "{value}")?;
+    out.write_char('"')
+}
+
+/// Escapes what is written through it for the inside of a JSON string: runs that need no
+/// escape are passed on whole.
+struct JsonEscaped<'a, W: fmt::Write + ?Sized>(&'a mut W);
+
+impl<W: fmt::Write + ?Sized> fmt::Write for JsonEscaped<'_, W> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut plain = 0; // start of the run not yet written
+        for (i, byte) in text.bytes().enumerate() {
+            // Every byte that needs an escape is ASCII, so `i` is a char boundary.
+            let escape = match byte {
+                b'"' => Some("\\\""),
+                b'\\' => Some("\\\\"),
+                b'\n' => Some("\\n"),
+                b'\r' => Some("\\r"),
+                b'\t' => Some("\\t"),
+                0..=0x1f => None, // other control characters: \u00XX
+                _ => continue,
+            };
+            self.0.write_str(&text[plain..i])?;
+            match escape {
+                Some(escape) => self.0.write_str(escape)?,
+                None => write!(self.0, "\\u{byte:04x}")?,
             }
-            c => out.push(c),
+            plain = i + 1;
         }
+        self.0.write_str(&text[plain..])
     }
-    out.push('"');
 }
 
 /// RFC 3339 UTC with microseconds: `2026-11-23T19:40:01.123456Z`.
-fn push_timestamp(out: &mut String, now: SystemTime) {
+fn push_timestamp<W: fmt::Write + ?Sized>(out: &mut W, now: SystemTime) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (year, month, day) =
@@ -456,7 +496,7 @@ mod tests {
     #[test]
     fn json_strings_are_escaped() {
         let mut out = String::new();
-        push_json_string(&mut out, "a\"b\\c\nd\u{1}é");
+        push_json_string(&mut out, "a\"b\\c\nd\u{1}é").unwrap();
         assert_eq!(out, r#""a\"b\\c\nd\u0001é""#);
         let parsed: String = serde_json::from_str(&out).unwrap();
         assert_eq!(parsed, "a\"b\\c\nd\u{1}é");
@@ -495,13 +535,20 @@ mod tests {
                 "request"
             );
             tracing::warn!(error = %"boom", "second line");
+            let failure = std::io::Error::other("tab\there \"quoted\"");
+            tracing::warn!(
+                error = &failure as &(dyn std::error::Error + 'static),
+                shown = ?"q\"",
+                "message {} with \"quotes\",\nnewline and \u{7}",
+                3
+            );
         });
         let text = String::from_utf8(sink.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 3, "{text}");
         let first = &lines[0];
         assert_eq!(first["message"], "request");
         assert_eq!(first["level"], "INFO");
@@ -518,6 +565,13 @@ mod tests {
         assert!(first["timestamp"].as_str().unwrap().ends_with('Z'));
         assert_eq!(lines[1]["error"], "boom");
         assert_eq!(lines[1]["level"], "WARN");
+        // Formatted fields and the message are escaped as they are written.
+        assert_eq!(lines[2]["error"], "tab\there \"quoted\"");
+        assert_eq!(lines[2]["shown"], "\"q\\\"\"");
+        assert_eq!(
+            lines[2]["message"],
+            "message 3 with \"quotes\",\nnewline and \u{7}"
+        );
     }
 
     fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {

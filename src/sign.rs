@@ -97,19 +97,34 @@ impl SigningIdentity {
         })
     }
 
-    /// The signing key for the scope, derived on first use (kSecret → kDate → kRegion →
-    /// kService → kSigning).
-    fn signing_key(&self, date: &[u8; 8], scope: SigningScope<'_>) -> hmac::Key {
-        let cached = |keys: &Vec<DerivedKey>| {
-            keys.iter()
-                .find(|k| &k.date == date && k.region == scope.region && k.service == scope.service)
-                .map(|k| k.key.clone())
-        };
+    /// HMAC-SHA256 of `data` with the signing key for the scope, derived on first use
+    /// (kSecret → kDate → kRegion → kService → kSigning). A cached key is used where it is,
+    /// under the lock (never held across an await): no copy of the key per request.
+    fn sign_with_key(&self, date: &[u8; 8], scope: SigningScope<'_>, data: &[u8]) -> hmac::Tag {
         if let Ok(keys) = self.keys.lock() {
-            if let Some(key) = cached(&keys) {
-                return key;
+            if let Some(cached) = keys
+                .iter()
+                .find(|k| &k.date == date && k.region == scope.region && k.service == scope.service)
+            {
+                return hmac::sign(&cached.key, data);
             }
         }
+        let key = self.derive_key(date, scope);
+        let tag = hmac::sign(&key, data);
+        if let Ok(mut keys) = self.keys.lock() {
+            // Keys of past days are never needed again.
+            keys.retain(|k| &k.date == date);
+            keys.push(DerivedKey {
+                date: *date,
+                region: scope.region.to_owned(),
+                service: scope.service.to_owned(),
+                key,
+            });
+        }
+        tag
+    }
+
+    fn derive_key(&self, date: &[u8; 8], scope: SigningScope<'_>) -> hmac::Key {
         let mut secret = Vec::with_capacity(4 + self.credentials.secret_access_key().len());
         secret.extend_from_slice(b"AWS4");
         secret.extend_from_slice(self.credentials.secret_access_key().as_bytes());
@@ -121,18 +136,7 @@ impl SigningIdentity {
         ] {
             material = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, material.as_ref()), part);
         }
-        let key = hmac::Key::new(hmac::HMAC_SHA256, material.as_ref());
-        if let Ok(mut keys) = self.keys.lock() {
-            // Keys of past days are never needed again.
-            keys.retain(|k| &k.date == date);
-            keys.push(DerivedKey {
-                date: *date,
-                region: scope.region.to_owned(),
-                service: scope.service.to_owned(),
-                key: key.clone(),
-            });
-        }
-        key
+        hmac::Key::new(hmac::HMAC_SHA256, material.as_ref())
     }
 }
 
@@ -154,7 +158,11 @@ fn signed_header_names() -> [&'static HeaderName; 7] {
 /// The names of the headers that are signed when present, in canonical (sorted) order: the
 /// fixed set above plus the configured `[upstream.headers]`. Built once at start.
 #[derive(Debug, Clone)]
-pub struct SignedHeaders(Vec<HeaderName>);
+pub struct SignedHeaders {
+    names: Vec<HeaderName>,
+    /// Bytes of all names together, to size the signer's buffer.
+    names_len: usize,
+}
 
 impl SignedHeaders {
     /// The fixed set only.
@@ -168,9 +176,14 @@ impl SignedHeaders {
         names.extend(extra.into_iter().cloned());
         names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         names.dedup();
-        Self(names)
+        let names_len = names.iter().map(|name| name.as_str().len() + 1).sum();
+        Self { names, names_len }
     }
 }
+
+/// Headers [`sign_request`] may add: `x-amz-date`, `x-amz-content-sha256`,
+/// `x-amz-security-token`, `authorization`. A map with room for them is not regrown.
+pub const ADDED_HEADERS: usize = 4;
 
 /// Signs the request in place: sets `x-amz-date`, `x-amz-content-sha256`, with temporary
 /// credentials `x-amz-security-token`, and `authorization`.
@@ -204,145 +217,196 @@ pub fn sign_request_with(
     signed: &SignedHeaders,
 ) -> Result<(), SignError> {
     let amz_date = AmzDate::new(time)?;
-    let payload_hash = hex(digest::digest(&digest::SHA256, body).as_ref());
-    headers.insert(&X_AMZ_DATE, header_value(amz_date.as_str())?);
-    headers.insert(&X_AMZ_CONTENT_SHA256, header_value(&payload_hash)?);
+    // The payload hash; for the usual empty body a constant (no digest, no allocation).
+    let body_hash =
+        (!body.is_empty()).then(|| hex32(digest::digest(&digest::SHA256, body).as_ref()));
+    let payload_hash: &[u8] = body_hash
+        .as_ref()
+        .map_or(EMPTY_SHA256.as_bytes(), |h| &h[..]);
+    // Room for the headers set here: at most one regrowth (none when the caller made the
+    // map big enough) instead of one per insert.
+    headers
+        .try_reserve(ADDED_HEADERS)
+        .map_err(|_| SignError("too many headers".into()))?;
+    headers.insert(&X_AMZ_DATE, header_value(amz_date.as_bytes())?);
+    let content_sha256 = match body_hash {
+        None => HeaderValue::from_static(EMPTY_SHA256),
+        Some(hash) => header_value(&hash)?,
+    };
+    headers.insert(&X_AMZ_CONTENT_SHA256, content_sha256);
     match &identity.session_token {
         Some(token) => headers.insert(&X_AMZ_SECURITY_TOKEN, token.clone()),
         None => headers.remove(&X_AMZ_SECURITY_TOKEN),
     };
     headers.remove(header::AUTHORIZATION);
 
-    // The canonical request, built in one buffer.
-    let mut canonical = String::with_capacity(1024 + uri.query().map_or(0, str::len));
-    canonical.push_str(method.as_str());
-    canonical.push('\n');
-    push_canonical_path(&mut canonical, uri.path());
-    canonical.push('\n');
-    canonical.push_str(uri.query().unwrap_or_default());
-    canonical.push('\n');
-    let mut signed_headers = String::with_capacity(128);
-    for name in &signed.0 {
+    // One buffer holds, one after the other, the canonical request, the string to sign and
+    // the Authorization value: one allocation for all three. Sized for the usual request
+    // (the session token is the largest signed value); a larger one only grows it.
+    let path = uri.path();
+    let query = uri.query().unwrap_or_default();
+    let mut buf = Vec::with_capacity(
+        1024 + 3 * path.len()
+            + query.len()
+            + 2 * signed.names_len
+            + identity.session_token.as_ref().map_or(0, HeaderValue::len),
+    );
+    buf.extend_from_slice(method.as_str().as_bytes());
+    buf.push(b'\n');
+    push_canonical_path(&mut buf, path);
+    buf.push(b'\n');
+    buf.extend_from_slice(query.as_bytes());
+    buf.push(b'\n');
+    for name in &signed.names {
         let mut values = headers.get_all(name).iter().peekable();
         if values.peek().is_none() {
             continue;
         }
-        canonical.push_str(name.as_str());
-        canonical.push(':');
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.push(b':');
         // A repeated header is signed as its values joined by commas, in order.
         for (i, value) in values.enumerate() {
             let value = value
                 .to_str()
                 .map_err(|_| SignError(format!("header {name} is not visible ASCII")))?;
             if i > 0 {
-                canonical.push(',');
+                buf.push(b',');
             }
-            push_trimmed(&mut canonical, value);
+            push_trimmed(&mut buf, value);
         }
-        canonical.push('\n');
-        if !signed_headers.is_empty() {
-            signed_headers.push(';');
-        }
-        signed_headers.push_str(name.as_str());
+        buf.push(b'\n');
     }
-    canonical.push('\n');
-    canonical.push_str(&signed_headers);
-    canonical.push('\n');
-    canonical.push_str(&payload_hash);
+    buf.push(b'\n');
+    // The signed-header list: a second pass over the same names (a few hash lookups)
+    // rather than a collection of the names found present.
+    let signed_list_start = buf.len();
+    for name in signed
+        .names
+        .iter()
+        .filter(|name| headers.contains_key(*name))
+    {
+        if buf.len() > signed_list_start {
+            buf.push(b';');
+        }
+        buf.extend_from_slice(name.as_str().as_bytes());
+    }
+    let signed_list = signed_list_start..buf.len();
+    buf.push(b'\n');
+    buf.extend_from_slice(payload_hash);
+    let canonical_hash = hex32(digest::digest(&digest::SHA256, &buf).as_ref());
 
     let date = amz_date.date();
-    let mut credential_scope = String::with_capacity(64);
-    credential_scope.push_str(date_str(date));
-    credential_scope.push('/');
-    credential_scope.push_str(scope.region);
-    credential_scope.push('/');
-    credential_scope.push_str(scope.service);
-    credential_scope.push_str("/aws4_request");
-
-    let mut string_to_sign = String::with_capacity(160);
-    string_to_sign.push_str(ALGORITHM);
-    string_to_sign.push('\n');
-    string_to_sign.push_str(amz_date.as_str());
-    string_to_sign.push('\n');
-    string_to_sign.push_str(&credential_scope);
-    string_to_sign.push('\n');
-    string_to_sign.push_str(&hex(
-        digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref()
-    ));
-
-    let key = identity.signing_key(date, scope);
-    let signature = hex(hmac::sign(&key, string_to_sign.as_bytes()).as_ref());
-    let authorization = format!(
-        "{ALGORITHM} Credential={}/{credential_scope}, SignedHeaders={signed_headers}, Signature={signature}",
-        identity.credentials.access_key_id()
+    let string_to_sign_start = buf.len();
+    buf.extend_from_slice(ALGORITHM.as_bytes());
+    buf.push(b'\n');
+    buf.extend_from_slice(amz_date.as_bytes());
+    buf.push(b'\n');
+    push_credential_scope(&mut buf, date, scope);
+    buf.push(b'\n');
+    buf.extend_from_slice(&canonical_hash);
+    let signature = hex32(
+        identity
+            .sign_with_key(date, scope, &buf[string_to_sign_start..])
+            .as_ref(),
     );
-    let mut authorization = header_value(&authorization)?;
+
+    let authorization_start = buf.len();
+    buf.extend_from_slice(ALGORITHM.as_bytes());
+    buf.extend_from_slice(b" Credential=");
+    buf.extend_from_slice(identity.credentials.access_key_id().as_bytes());
+    buf.push(b'/');
+    push_credential_scope(&mut buf, date, scope);
+    buf.extend_from_slice(b", SignedHeaders=");
+    buf.extend_from_within(signed_list);
+    buf.extend_from_slice(b", Signature=");
+    buf.extend_from_slice(&signature);
+    let mut authorization = header_value(&buf[authorization_start..])?;
     authorization.set_sensitive(true);
     headers.insert(header::AUTHORIZATION, authorization);
     Ok(())
 }
 
-fn header_value(text: &str) -> Result<HeaderValue, SignError> {
-    HeaderValue::from_str(text).map_err(|e| SignError(e.to_string()))
+/// `YYYYMMDD/region/service/aws4_request`.
+fn push_credential_scope(out: &mut Vec<u8>, date: &[u8; 8], scope: SigningScope<'_>) {
+    out.extend_from_slice(date);
+    out.push(b'/');
+    out.extend_from_slice(scope.region.as_bytes());
+    out.push(b'/');
+    out.extend_from_slice(scope.service.as_bytes());
+    out.extend_from_slice(b"/aws4_request");
+}
+
+/// A header value from bytes the signer wrote (one copy into the value's own buffer).
+fn header_value(bytes: &[u8]) -> Result<HeaderValue, SignError> {
+    HeaderValue::from_bytes(bytes).map_err(|e| SignError(e.to_string()))
 }
 
 /// The canonical URI: the path normalised as SigV4 does for services other than S3 (empty
 /// and `.` segments dropped, `..` resolved, a trailing slash kept), then every byte outside
 /// the unreserved set encoded again.
-fn push_canonical_path(out: &mut String, path: &str) {
+fn push_canonical_path(out: &mut Vec<u8>, path: &str) {
     let path = if path.is_empty() { "/" } else { path };
+    let push_encoded = |out: &mut Vec<u8>, text: &str| {
+        for chunk in percent_encoding::utf8_percent_encode(text, PATH_UNRESERVED) {
+            out.extend_from_slice(chunk.as_bytes());
+        }
+    };
     if !(path.contains("//") || path.contains('.')) {
-        out.extend(percent_encoding::utf8_percent_encode(path, PATH_UNRESERVED));
+        push_encoded(out, path);
         return;
     }
-    let mut segments: Vec<&str> = Vec::new();
+    // Segments are resolved in `out` itself: `..` cuts back to the previous `/` written
+    // after `base` (an encoded segment holds no `/`).
+    let base = out.len();
     for segment in path.split('/') {
         match segment {
             "" | "." => {}
             ".." => {
-                segments.pop();
+                let parent = out[base..].iter().rposition(|&b| b == b'/').unwrap_or(0);
+                out.truncate(base + parent);
             }
-            segment => segments.push(segment),
+            segment => {
+                out.push(b'/');
+                push_encoded(out, segment);
+            }
         }
-    }
-    for segment in &segments {
-        out.push('/');
-        out.extend(percent_encoding::utf8_percent_encode(
-            segment,
-            PATH_UNRESERVED,
-        ));
     }
     let trailing = ["/", "/.", "/..", "/./", "/../"]
         .iter()
         .any(|end| path.ends_with(end));
-    if segments.is_empty() || trailing {
-        out.push('/');
+    if out.len() == base || trailing {
+        out.push(b'/');
     }
 }
 
 /// A header value in canonical form: surrounding spaces trimmed, inner runs of spaces
-/// collapsed to one.
-fn push_trimmed(out: &mut String, value: &str) {
+/// collapsed to one. `value` is visible ASCII (checked by the caller), so bytes are chars.
+fn push_trimmed(out: &mut Vec<u8>, value: &str) {
+    let value = value.trim_matches(' ');
+    if !value.contains("  ") {
+        // The usual case: copied as it is.
+        out.extend_from_slice(value.as_bytes());
+        return;
+    }
     let mut previous_space = false;
-    for c in value.trim_matches(' ').chars() {
-        if c == ' ' {
-            if !previous_space {
-                out.push(c);
-            }
-            previous_space = true;
-        } else {
-            out.push(c);
-            previous_space = false;
+    for &byte in value.as_bytes() {
+        if byte != b' ' || !previous_space {
+            out.push(byte);
         }
+        previous_space = byte == b' ';
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// SHA-256 of the empty body, the payload hash of every GET.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Lowercase hex of a 32-byte SHA-256 digest or HMAC-SHA256 tag, on the stack.
+fn hex32(bytes: &[u8]) -> [u8; 64] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    let mut text = [b'0'; 64];
+    for (pair, byte) in text.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
     text
 }
@@ -370,18 +434,19 @@ impl AmzDate {
         Ok(Self(text))
     }
 
+    #[cfg(test)]
     fn as_str(&self) -> &str {
         // Only ASCII digits, 'T' and 'Z' are ever written.
         std::str::from_utf8(&self.0).unwrap_or("19700101T000000Z")
     }
 
+    fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     fn date(&self) -> &[u8; 8] {
         self.0.first_chunk::<8>().unwrap_or(&[b'0'; 8])
     }
-}
-
-fn date_str(date: &[u8; 8]) -> &str {
-    std::str::from_utf8(date).unwrap_or("19700101")
 }
 
 fn write_digits(out: &mut [u8], mut value: u64) {
@@ -429,9 +494,9 @@ mod tests {
     }
 
     fn canonical_path(path: &str) -> String {
-        let mut out = String::new();
+        let mut out = b"GET\n".to_vec(); // resolving `..` must not cut into what came before
         push_canonical_path(&mut out, path);
-        out
+        String::from_utf8(out).unwrap().split_off(4)
     }
 
     #[test]
@@ -445,13 +510,30 @@ mod tests {
         assert_eq!(canonical_path("/~user/x-y_z.json"), "/~user/x-y_z.json");
         assert_eq!(canonical_path("/$x:y@z"), "/%24x%3Ay%40z");
         assert_eq!(canonical_path("/ሴ"), "/%E1%88%B4");
+        assert_eq!(canonical_path("/.."), "/");
+        assert_eq!(canonical_path("/../../a/b%2F/./../c."), "/a/c.");
+        assert_eq!(canonical_path("/a/b/c/../../d//e/.."), "/a/d/");
     }
 
     #[test]
     fn header_values_are_trimmed_and_collapsed() {
-        let mut out = String::new();
-        push_trimmed(&mut out, "  a   b c  ");
-        assert_eq!(out, "a b c");
+        let trimmed = |value: &str| {
+            let mut out = Vec::new();
+            push_trimmed(&mut out, value);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(trimmed("  a   b c  "), "a b c");
+        assert_eq!(trimmed("a b"), "a b");
+        assert_eq!(trimmed("   "), "");
+        assert_eq!(trimmed("a\t\tb  "), "a\t\tb");
+    }
+
+    #[test]
+    fn hex_and_the_empty_payload_hash() {
+        let empty = hex32(digest::digest(&digest::SHA256, b"").as_ref());
+        assert_eq!(&empty[..], EMPTY_SHA256.as_bytes());
+        let tag = [0x00, 0x0f, 0xa5, 0xff];
+        assert_eq!(&hex32(&tag)[..8], b"000fa5ff");
     }
 
     #[test]
@@ -462,8 +544,10 @@ mod tests {
             region: "us-east-1",
             service: "execute-api",
         };
-        let a = identity.signing_key(b"20260101", scope);
-        let _ = identity.signing_key(
+        let sign =
+            |date: &[u8; 8], scope| identity.sign_with_key(date, scope, b"x").as_ref().to_vec();
+        let a = sign(b"20260101", scope);
+        let _ = sign(
             b"20260101",
             SigningScope {
                 region: "eu-west-1",
@@ -471,13 +555,15 @@ mod tests {
             },
         );
         assert_eq!(identity.keys.lock().unwrap().len(), 2);
-        let again = identity.signing_key(b"20260101", scope);
+        let again = sign(b"20260101", scope);
         assert_eq!(identity.keys.lock().unwrap().len(), 2);
-        let sign = |k: &hmac::Key| hmac::sign(k, b"x").as_ref().to_vec();
-        assert_eq!(sign(&a), sign(&again));
+        assert_eq!(a, again);
+        // The key is kSigning of the SigV4 derivation.
+        let expected = hmac::sign(&identity.derive_key(b"20260101", scope), b"x");
+        assert_eq!(a, expected.as_ref());
         // A new day replaces the old day's keys.
-        let next = identity.signing_key(b"20260102", scope);
+        let next = sign(b"20260102", scope);
         assert_eq!(identity.keys.lock().unwrap().len(), 1);
-        assert_ne!(sign(&a), sign(&next));
+        assert_ne!(a, next);
     }
 }

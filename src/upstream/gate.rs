@@ -170,8 +170,17 @@ pub struct GatedStream<T> {
 }
 
 impl<T: Connection> Connection for GatedStream<T> {
+    /// The inner connection's facts without its `extra`: the TCP connector attaches an
+    /// `HttpInfo` (local and peer address), which the client copies into every response's
+    /// extensions, two allocations per response that nothing here reads.
     fn connected(&self) -> Connected {
-        self.inner.connected()
+        let inner = self.inner.connected();
+        let connected = Connected::new().proxy(inner.is_proxied());
+        if inner.is_negotiated_h2() {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
     }
 }
 
@@ -254,6 +263,33 @@ mod tests {
         // HTTP/2 dials are never held back.
         let _h2 = gate.force_open();
         assert_eq!(gate.open(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_gated_connection_attaches_no_extra_to_responses() {
+        use hyper_util::client::legacy::connect::HttpInfo;
+        use hyper_util::rt::TokioIo;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let inner = TokioIo::new(tcp);
+        let extra = |connected: Connected| {
+            let mut extensions = http::Extensions::new();
+            connected.get_extras(&mut extensions);
+            extensions.get::<HttpInfo>().is_some()
+        };
+        // The TCP connection itself has one...
+        assert!(extra(inner.connected()));
+        let gate = ConnectionGate::new();
+        let stream = GatedStream {
+            inner,
+            _open: gate.force_open(),
+        };
+        // ...the gated one does not, and keeps the rest.
+        let connected = stream.connected();
+        assert!(!connected.is_proxied() && !connected.is_negotiated_h2());
+        assert!(!extra(connected));
     }
 
     #[tokio::test]

@@ -323,7 +323,17 @@ impl Upstream {
         out: &Outgoing,
         held: &HeldCredentials,
     ) -> Result<Request<Full<Bytes>>, SignError> {
-        let mut headers = out.headers.clone();
+        // Every attempt signs its own copy: hyper consumes the request, and a retry needs the
+        // unsigned original. The copy has room for the headers the signer adds
+        // (`HeaderMap::clone` is sized exactly, so the signer's inserts would grow it again:
+        // a new table and a realloc per attempt). `extend` appends, keeping repeated values
+        // in order.
+        let mut headers = HeaderMap::with_capacity(out.headers.len() + sign::ADDED_HEADERS);
+        headers.extend(
+            out.headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
         let scope = SigningScope {
             region: &out.region.signing_region,
             service: &self.service,
