@@ -801,6 +801,17 @@ shared_counters() {
   log "$1: lease waits ${R[$1.lease_waits]:-?} (after the first second: ${R[$1.lease_waits_after_1s]:-?}), rate_limited ${R[$1.rate_limited]:-?} of ${R[$1.requests]:-?} requests"
 }
 
+# region_connections TAG -> R[TAG.region_conns]: after a proxy-mix run, the upstream
+# connections open to each endpoint (prime_proxy_upstream_connections{region}); the largest
+# is what is held against the client connections (each endpoint gets at most its concurrency).
+region_connections() {
+  local text
+  text=$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" 2>/dev/null) || { fail_measure "$1: no /metrics"; return 0; }
+  R[$1.region_conns]=$(awk -F'[{}" ]+' '$1 == "prime_proxy_upstream_connections" {printf "%s%s=%s", sep, $3, $4; sep=" "}' <<<"$text")
+  R[$1.region_conns_max]=$(awk '$1 ~ /^prime_proxy_upstream_connections\{/ && $2 > m {m = $2} END {print m + 0}' <<<"$text")
+  log "$1: upstream connections open per region: ${R[$1.region_conns]}"
+}
+
 # ---------------------------------------------------------------------------- compare
 run_compare() {
   local shape round target tag mps
@@ -824,13 +835,14 @@ run_compare() {
           fi
           run_wrk "$tag" "${URL[$target]}" 1 "$mps"
           if [[ -n $first_second ]]; then wait "$first_second" || true; shared_counters "$tag"; fi
+          [[ $target == proxy-mix ]] && region_connections "$tag"
           if (( RATE_DURATION > 0 )) && [[ $target != proxy-mix ]]; then run_oha "$tag.rate" "${URL[$target]}" 1; fi
           stop_target "$tag"
         fi
       done
     done
     for target in $TARGETS; do
-      for key in rps cpu_per_k hwm_kib opened p50_us p99_us errors others_pct rate.p50_ms rate.p99_ms rate.p999_ms rate.cpu_per_k idle_rss_kib lease_waits lease_waits_after_1s rate_limited requests; do
+      for key in rps cpu_per_k hwm_kib opened p50_us p99_us errors others_pct rate.p50_ms rate.p99_ms rate.p999_ms rate.cpu_per_k idle_rss_kib lease_waits lease_waits_after_1s rate_limited requests region_conns_max; do
         local vals=()
         for ((round = 1; round <= ROUNDS; round++)); do
           vals+=("${R[$shape.$target.$round.$key]:-}")
@@ -1082,7 +1094,8 @@ if has_mode compare; then
       echo "| req/s | $(num "$(v $P.rps)") | $(num "$(v $M.rps)") | $mr | within $T_MIX_PCT% | $(abs_le "$mr" $T_MIX_PCT) |"
       echo "| CPU s per 1,000 requests | $(nv $P.cpu_per_k) | $(nv $M.cpu_per_k) | $mc | within $T_MIX_PCT% | $(abs_le "$mc" $T_MIX_PCT) |"
       echo "| peak RSS, MiB | $(mib "$(v $P.hwm_kib)") | $(mib "$(v $M.hwm_kib)") | $(pct_diff "$(v $M.hwm_kib)" "$(v $P.hwm_kib)") | | |"
-      echo "| upstream TLS connections opened | $(nv $P.opened) | $(nv $M.opened) | | ≤ $CONNECTIONS | $(check "$(v $M.opened)" "<=" "$CONNECTIONS") |"
+      echo "| upstream TLS connections opened, all endpoints together | $(nv $P.opened) | $(nv $M.opened) | | | |"
+      echo "| upstream connections open to the busiest endpoint at the end | $(nv $P.opened) | $(nv $M.region_conns_max) | | ≤ $CONNECTIONS | $(check "$(v $M.region_conns_max)" "<=" "$CONNECTIONS") |"
       echo "| p50 / p99 at saturation, ms | $(ms "$(v $P.p50_us)") / $(ms "$(v $P.p99_us)") | $(ms "$(v $M.p50_us)") / $(ms "$(v $M.p99_us)") | | | |"
     fi
     if has_target proxy-shared; then
