@@ -786,17 +786,19 @@ check_signing() {
   return 0
 }
 
+proxy_metrics() { curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" 2>/dev/null; }   # the running proxy's /metrics
+series() { awk -v name="$1" '$1 == name {print $2}'; }   # NAME < metrics text -> its value (unlabelled series)
+
 # shared_counters TAG -> R[TAG.lease_waits|rate_limited|shared_up]: after a proxy-shared run,
 # requests that waited for a Redis answer, requests refused, and whether Redis was in use.
 shared_counters() {
-  local text
-  text=$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" 2>/dev/null) || { fail_measure "$1: no /metrics"; return 0; }
-  R[$1.lease_waits]=$(awk '$1 == "prime_proxy_rate_limit_shared_lease_waits_total" {print $2}' <<<"$text")
-  local early
-  early=$(awk '$1 == "prime_proxy_rate_limit_shared_lease_waits_total" {print $2}' "$WORK/$1.metrics-1s" 2>/dev/null)
+  local text early
+  text=$(proxy_metrics) || { fail_measure "$1: no /metrics"; return 0; }
+  R[$1.lease_waits]=$(series prime_proxy_rate_limit_shared_lease_waits_total <<<"$text")
+  early=$(series prime_proxy_rate_limit_shared_lease_waits_total <"$WORK/$1.metrics-1s" 2>/dev/null || true)
   [[ -n $early && -n ${R[$1.lease_waits]} ]] && R[$1.lease_waits_after_1s]=$(( ${R[$1.lease_waits]} - early ))
-  R[$1.rate_limited]=$(awk '$1 == "prime_proxy_rate_limited_total" {print $2}' <<<"$text")
-  R[$1.shared_up]=$(awk '$1 == "prime_proxy_rate_limit_shared_up" {print $2}' <<<"$text")
+  R[$1.rate_limited]=$(series prime_proxy_rate_limited_total <<<"$text")
+  R[$1.shared_up]=$(series prime_proxy_rate_limit_shared_up <<<"$text")
   [[ ${R[$1.shared_up]} == 1 ]] || fail_measure "$1: the shared limit was not in use (prime_proxy_rate_limit_shared_up ${R[$1.shared_up]:-missing})"
   log "$1: lease waits ${R[$1.lease_waits]:-?} (after the first second: ${R[$1.lease_waits_after_1s]:-?}), rate_limited ${R[$1.rate_limited]:-?} of ${R[$1.requests]:-?} requests"
 }
@@ -806,7 +808,7 @@ shared_counters() {
 # is what is held against the client connections (each endpoint gets at most its concurrency).
 region_connections() {
   local text
-  text=$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" 2>/dev/null) || { fail_measure "$1: no /metrics"; return 0; }
+  text=$(proxy_metrics) || { fail_measure "$1: no /metrics"; return 0; }
   R[$1.region_conns]=$(awk -F'[{}" ]+' '$1 == "prime_proxy_upstream_connections" {printf "%s%s=%s", sep, $3, $4; sep=" "}' <<<"$text")
   R[$1.region_conns_max]=$(awk '$1 ~ /^prime_proxy_upstream_connections\{/ && $2 > m {m = $2} END {print m + 0}' <<<"$text")
   log "$1: upstream connections open per region: ${R[$1.region_conns]}"
@@ -830,7 +832,7 @@ run_compare() {
           if [[ $target == proxy-shared ]]; then
             # The counters one second into the run, to tell the warm-up (a fresh process
             # holds no lease when 64 connections start at once) from the steady state.
-            ( sleep 1; curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" >"$WORK/$tag.metrics-1s" 2>/dev/null ) &
+            ( sleep 1; proxy_metrics >"$WORK/$tag.metrics-1s" ) &
             first_second=$!
           fi
           run_wrk "$tag" "${URL[$target]}" 1 "$mps"
