@@ -15,7 +15,6 @@
 mod common;
 
 use std::alloc::System;
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -27,10 +26,8 @@ use aws_credential_types::Credentials;
 use bytes::Bytes;
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{Criterion, Throughput};
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::{HeaderMap, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use prime_sigv4_proxy::prepare;
 use prime_sigv4_proxy::sign::{sign_request, SigningIdentity, SigningScope};
 use prime_sigv4_proxy::CredentialSource;
@@ -458,38 +455,6 @@ impl ChildProxy {
     }
 }
 
-/// A TLS upstream answering every request like the load test's nginx.
-async fn fixed_upstream(pki: &common::Pki) -> SocketAddr {
-    let leaf = pki.leaf(&["127.0.0.1", "localhost"]);
-    let acceptor = tokio_rustls::TlsAcceptor::from(common::server_tls(&leaf));
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = service_fn(|_req| async {
-                    let mut response =
-                        Response::new(Full::new(Bytes::from_static(b"{\"benefits\":[]}")));
-                    response
-                        .headers_mut()
-                        .insert("content-type", HeaderValue::from_static("application/json"));
-                    Ok::<_, Infallible>(response)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 /// `n` sequential keep-alive requests through the child proxy; panics on a non-200.
 async fn requests(client: &common::PlainClient, url: &str, n: u64) {
     for _ in 0..n {
@@ -533,7 +498,7 @@ fn main() {
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let pki = common::Pki::new();
-    let upstream = runtime.block_on(fixed_upstream(&pki));
+    let upstream = runtime.block_on(common::fixed_upstream(&pki));
     let client = common::client();
     let path = format!("/v1/benefits?customerIdentifier={}", lwa_token_encoded());
 

@@ -6,52 +6,20 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_credential_types::provider::SharedCredentialsProvider;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use http::{Request, Response};
+use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use prime_sigv4_proxy::CredentialSource;
 use rustls_pki_types::pem::PemObject;
-use tokio::net::TcpListener;
 
 const PATH: &str = "/v1/customers/benefits?customerIdentifier=Atza%7CIwEBIJ%2BkR%2F9z0Y7Q%3D%3D";
-
-/// A TLS upstream that answers every request with the same small JSON, as nginx would.
-async fn fixed_upstream(pki: &common::Pki) -> std::net::SocketAddr {
-    let leaf = pki.leaf(&["127.0.0.1", "localhost"]);
-    let acceptor = tokio_rustls::TlsAcceptor::from(common::server_tls(&leaf));
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = service_fn(|_req| async {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                        b"{\"benefits\":[]}",
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -61,7 +29,7 @@ fn bench(c: &mut Criterion) {
         .unwrap_or_else(|e| panic!("{e}"));
     let pki = common::Pki::new();
     let (upstream, proxy) = runtime.block_on(async {
-        let upstream = fixed_upstream(&pki).await;
+        let upstream = common::fixed_upstream(&pki).await;
         let mut config = prime_sigv4_proxy::config::Config::default();
         for region in config.regions.values_mut() {
             region.endpoint = format!("https://127.0.0.1:{}", upstream.port());

@@ -1608,3 +1608,37 @@ impl RotatingCredentials {
             .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file);
     }
 }
+
+/// A TLS upstream (certificate for 127.0.0.1 and localhost) answering every request like the
+/// load test's nginx: 200 with a small JSON body. For the benches.
+pub async fn fixed_upstream(pki: &Pki) -> SocketAddr {
+    let leaf = pki.leaf(&["127.0.0.1", "localhost"]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_tls(&leaf));
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = service_fn(|_req| async {
+                    let mut response =
+                        Response::new(Full::new(Bytes::from_static(b"{\"benefits\":[]}")));
+                    response.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
