@@ -19,6 +19,9 @@ const EXIT_CONFIG: u8 = 2;
 /// Exit status when the proxy could not start for another reason (port taken, …).
 const EXIT_START: u8 = 1;
 
+/// How long the exit waits for blocking tasks (file reads) still running after the drain.
+const BLOCKING_TASKS_AT_EXIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Local signing proxy for Amazon Prime APIs: routes by x-amz-marketplace, signs with
 /// AWS SigV4, retries and rate-limits.
 #[derive(Debug, Parser)]
@@ -72,7 +75,9 @@ fn main() -> ExitCode {
         }
     };
     let status = runtime.block_on(serve(config));
-    drop(runtime);
+    // Requests are drained by now. A blocking task still running (a certificate read stuck
+    // on a hung volume) must not keep the process from exiting: it is left behind.
+    runtime.shutdown_timeout(BLOCKING_TASKS_AT_EXIT);
     drop(logs); // flushes the last lines
     status
 }

@@ -80,3 +80,37 @@ async fn a_certificate_read_that_blocks_does_not_stop_the_single_worker() {
     assert_eq!(get(&client, &healthz, &[]).await.status, 200);
     assert_eq!(proxy.terminate().await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn sigterm_while_a_certificate_read_blocks_exits_at_once() {
+    let pki = Pki::new();
+    let upstream = FakeUpstream::start(&pki).await;
+    let leaf = pki.leaf(&["localhost", "127.0.0.1"]);
+    let cert_file = pki.write("tls.crt", &leaf.cert_pem);
+    let key_file = pki.write("tls.key", &leaf.key_pem);
+    let extra = format!(
+        "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        cert_file.display().to_string(),
+        key_file.display().to_string()
+    );
+    let command = command_with_static_key(pki.dir.path());
+    let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, &extra)).await;
+    let healthz = format!("http://{}/healthz", proxy.admin);
+    assert_eq!(get(&client(), &healthz, &[]).await.status, 200);
+    std::fs::remove_file(&cert_file).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&cert_file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // A check starts within one interval and blocks on the FIFO, for ever: nobody writes.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(get(&client(), &healthz, &[]).await.status, 200);
+    let asked = Instant::now();
+    assert_eq!(proxy.terminate().await.code(), Some(0));
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "exit took {:?}",
+        asked.elapsed()
+    );
+}
