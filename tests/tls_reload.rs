@@ -10,8 +10,17 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-#[tokio::test]
-async fn a_certificate_read_that_blocks_does_not_stop_the_single_worker() {
+/// A proxy (the real binary) serving inbound TLS from certificate files, answering, and then
+/// its certificate file replaced by a FIFO: opening it for reading blocks until someone writes.
+struct Served {
+    proxy: ProxyProcess,
+    cert_file: std::path::PathBuf,
+    leaf: Leaf,
+    _upstream: FakeUpstream,
+    _pki: Pki,
+}
+
+async fn serve_with_a_certificate_fifo() -> Served {
     let pki = Pki::new();
     let upstream = FakeUpstream::start(&pki).await;
     let leaf = pki.leaf(&["localhost", "127.0.0.1"]);
@@ -23,19 +32,36 @@ async fn a_certificate_read_that_blocks_does_not_stop_the_single_worker() {
         key_file.display().to_string()
     );
     let command = command_with_static_key(pki.dir.path());
-    // worker_threads is 1 by default: one blocked worker would be the whole proxy.
     let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, &extra)).await;
-    let client = client();
     let healthz = format!("http://{}/healthz", proxy.admin);
-    assert_eq!(get(&client, &healthz, &[]).await.status, 200);
-
-    // The certificate becomes a FIFO: opening it for reading blocks until someone writes.
+    assert_eq!(get(&client(), &healthz, &[]).await.status, 200);
     std::fs::remove_file(&cert_file).unwrap();
     let made = std::process::Command::new("mkfifo")
         .arg(&cert_file)
         .status()
         .unwrap();
     assert!(made.success());
+    Served {
+        proxy,
+        cert_file,
+        leaf,
+        _upstream: upstream,
+        _pki: pki,
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_read_that_blocks_does_not_stop_the_single_worker() {
+    // worker_threads is 1 by default: one blocked thread would be the whole proxy.
+    let Served {
+        proxy,
+        cert_file,
+        leaf,
+        _upstream,
+        _pki,
+    } = serve_with_a_certificate_fifo().await;
+    let client = client();
+    let healthz = format!("http://{}/healthz", proxy.admin);
 
     // Longer than one check interval (5 s): a check starts meanwhile and blocks on the FIFO.
     let until = Instant::now() + Duration::from_secs(7);
@@ -83,26 +109,13 @@ async fn a_certificate_read_that_blocks_does_not_stop_the_single_worker() {
 
 #[tokio::test]
 async fn sigterm_while_a_certificate_read_blocks_exits_at_once() {
-    let pki = Pki::new();
-    let upstream = FakeUpstream::start(&pki).await;
-    let leaf = pki.leaf(&["localhost", "127.0.0.1"]);
-    let cert_file = pki.write("tls.crt", &leaf.cert_pem);
-    let key_file = pki.write("tls.key", &leaf.key_pem);
-    let extra = format!(
-        "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
-        cert_file.display().to_string(),
-        key_file.display().to_string()
-    );
-    let command = command_with_static_key(pki.dir.path());
-    let proxy = ProxyProcess::start(command, &config_file(&pki, &upstream, &extra)).await;
+    let Served {
+        proxy,
+        _upstream,
+        _pki,
+        ..
+    } = serve_with_a_certificate_fifo().await;
     let healthz = format!("http://{}/healthz", proxy.admin);
-    assert_eq!(get(&client(), &healthz, &[]).await.status, 200);
-    std::fs::remove_file(&cert_file).unwrap();
-    let made = std::process::Command::new("mkfifo")
-        .arg(&cert_file)
-        .status()
-        .unwrap();
-    assert!(made.success());
     // A check starts within one interval and blocks on the FIFO, for ever: nobody writes.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(get(&client(), &healthz, &[]).await.status, 200);
