@@ -206,6 +206,20 @@ pub struct RegionMetrics {
     auth_failures: Family<AuthFailureLabels, Counter>,
 }
 
+/// The handle of `family`'s series `labels` when `register`, else a handle that counts
+/// nothing anyone scrapes (the series does not exist).
+fn registered_if<S, M>(register: bool, family: &Family<S, M>, labels: &S) -> M
+where
+    S: Clone + std::hash::Hash + Eq,
+    M: Clone + Default,
+{
+    if register {
+        family.get_or_create(labels).clone()
+    } else {
+        M::default()
+    }
+}
+
 impl RegionMetrics {
     /// The handles of region `region` (or [`NO_REGION`]). Requests that matched no region
     /// have no upstream: their attempt, retry, budget and connection handles are not
@@ -216,31 +230,12 @@ impl RegionMetrics {
             region: Arc::clone(region),
         };
         let upstream = &**region != NO_REGION;
-        let counter = |family: &Family<RegionLabels, Counter>| {
-            if upstream {
-                family.get_or_create(&labels).clone()
-            } else {
-                Counter::default()
-            }
-        };
-        let gauge = |family: &Family<RegionLabels, Gauge>| {
-            if upstream {
-                family.get_or_create(&labels).clone()
-            } else {
-                Gauge::default()
-            }
-        };
         let attempts = ATTEMPT_OUTCOMES.map(|outcome| {
-            if !upstream {
-                return Counter::default();
-            }
-            metrics
-                .upstream_attempts
-                .get_or_create(&AttemptLabels {
-                    region: Arc::clone(region),
-                    outcome,
-                })
-                .clone()
+            let labels = AttemptLabels {
+                region: Arc::clone(region),
+                outcome,
+            };
+            registered_if(upstream, &metrics.upstream_attempts, &labels)
         });
         Self {
             region: Arc::clone(region),
@@ -248,10 +243,10 @@ impl RegionMetrics {
             by_status: (0..600).map(|_| OnceLock::new()).collect(),
             duration: metrics.request_duration.get_or_create(&labels).clone(),
             attempts,
-            retries: counter(&metrics.retries),
-            budget_exhausted: counter(&metrics.retry_budget_exhausted),
-            budget_tokens: gauge(&metrics.retry_budget_tokens),
-            connections: gauge(&metrics.upstream_connections),
+            retries: registered_if(upstream, &metrics.retries, &labels),
+            budget_exhausted: registered_if(upstream, &metrics.retry_budget_exhausted, &labels),
+            budget_tokens: registered_if(upstream, &metrics.retry_budget_tokens, &labels),
+            connections: registered_if(upstream, &metrics.upstream_connections, &labels),
             auth_failures: metrics.upstream_auth_failures.clone(),
         }
     }
