@@ -4,12 +4,13 @@
 //! again with a new time, and clock-skew correction is just a different time.
 //!
 //! Why not aws-sigv4's `http_request::sign`: it derives the signing key (four HMACs) and
-//! re-parses and re-canonicalises the whole request on every call, about 11 µs per request,
-//! a third of this proxy's CPU budget. Our requests have a fixed shape (the query is already
+//! re-parses and re-canonicalises the whole request on every call (`benches/signing.rs`
+//! measures both side by side). Our requests have a fixed shape (the query is already
 //! canonical, the signed headers are a known set), so the canonical request is built here
 //! directly and the signing key is derived once per credentials, day, region and service.
 //! The crypto is aws-lc (the same library as TLS). aws-sigv4 stays the reference: a property
-//! test checks that both produce the same `Authorization` for generated requests, and the
+//! test checks that both produce the same `Authorization` for generated requests, the AWS
+//! test suite's vectors run through this signer (`tests/sigv4_vectors.rs`), and the
 //! integration tests verify every signature with an independent verifier.
 
 use std::sync::Mutex;
