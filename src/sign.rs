@@ -538,6 +538,32 @@ mod tests {
     }
 
     #[test]
+    fn the_signing_key_is_the_one_aws_documents() {
+        // AWS's example of deriving a signing key (secret, 20150830, us-east-1, iam), and the
+        // kSigning it publishes.
+        let identity = SigningIdentity::new(&Credentials::new(
+            "AKIDEXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            None,
+            None,
+            "t",
+        ))
+        .unwrap();
+        let scope = SigningScope {
+            region: "us-east-1",
+            service: "iam",
+        };
+        let published = "c4afb1cc5771d871763a393e44b703571b55cc28424d1a5e86da6ed3c154a4b9";
+        let published: Vec<u8> = (0..published.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&published[i..i + 2], 16).unwrap())
+            .collect();
+        let ours = hmac::sign(&identity.derive_key(b"20150830", scope), b"probe");
+        let theirs = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &published), b"probe");
+        assert_eq!(ours.as_ref(), theirs.as_ref());
+    }
+
+    #[test]
     fn signing_keys_are_derived_once_per_day_region_and_service() {
         let identity =
             SigningIdentity::new(&Credentials::new("AKID", "secret", None, None, "t")).unwrap();
@@ -559,7 +585,7 @@ mod tests {
         let again = sign(b"20260101", scope);
         assert_eq!(identity.keys.lock().unwrap().len(), 2);
         assert_eq!(a, again);
-        // The key is kSigning of the SigV4 derivation.
+        // The cached key is the derived one (whose derivation the next test checks).
         let expected = hmac::sign(&identity.derive_key(b"20260101", scope), b"x");
         assert_eq!(a, expected.as_ref());
         // A new day replaces the old day's keys.
