@@ -157,17 +157,16 @@ async fn retry_after_as_an_http_date_is_honoured_and_capped_by_max_delay() {
         httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
     ups.na
         .push([Action::with_header(503, "retry-after", &in_an_hour)]);
-    let started = Instant::now();
     let reply = get(&client(), &proxy.url("/v1/a"), &us()).await;
     assert_eq!(reply.status, 200);
     let received = ups.na.requests();
     assert_eq!(received.len(), 2);
     let waited = received[1].at - received[0].at;
+    // Capped at max_delay_ms, far below the hour the Retry-After asked for.
     assert!(
-        waited >= Duration::from_millis(290) && waited < Duration::from_millis(1_500),
+        waited >= Duration::from_millis(290) && waited < Duration::from_secs(30),
         "{waited:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(3));
     proxy.stop().await;
 }
 
@@ -176,7 +175,7 @@ async fn a_retry_after_beyond_the_total_timeout_passes_the_response_through_at_o
     let (pki, ups) = setup().await;
     let mut config = config_for_regions(&ups, &pki);
     config.retry.max_delay_ms = 60_000;
-    config.upstream.total_timeout_ms = 2_000;
+    config.upstream.total_timeout_ms = 20_000;
     let proxy = start_proxy(config).await;
     ups.na.push([Action::with_header(429, "retry-after", "30")]);
     let started = Instant::now();
@@ -184,8 +183,9 @@ async fn a_retry_after_beyond_the_total_timeout_passes_the_response_through_at_o
     assert_eq!(reply.status, 429);
     assert_eq!(reply.header("retry-after"), Some("30"));
     assert_eq!(ups.na.count(), 1);
+    // At once: not after waiting out (part of) the 20 s total timeout.
     assert!(
-        started.elapsed() < Duration::from_millis(1_000),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
@@ -222,17 +222,18 @@ async fn attempts_that_time_out_are_retried_then_504() {
     assert_eq!(ups.na.count(), 2);
     // Every attempt slow: upstream_timeout after max_attempts.
     ups.na.push([
-        Action::Sleep(Duration::from_secs(2)),
-        Action::Sleep(Duration::from_secs(2)),
-        Action::Sleep(Duration::from_secs(2)),
+        Action::Sleep(Duration::from_secs(20)),
+        Action::Sleep(Duration::from_secs(20)),
+        Action::Sleep(Duration::from_secs(20)),
     ]);
     let started = Instant::now();
     get(&client(), &proxy.url("/v1/a"), &us())
         .await
         .assert_error(504, "upstream_timeout");
     assert_eq!(ups.na.count(), 5);
+    // Three 300 ms attempts and their backoff, not one 20 s answer.
     assert!(
-        started.elapsed() < Duration::from_millis(1_800),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
@@ -243,18 +244,18 @@ async fn attempts_that_time_out_are_retried_then_504() {
 async fn the_total_timeout_bounds_all_attempts_together() {
     let (pki, ups) = setup().await;
     let mut config = config_for_regions(&ups, &pki);
-    config.upstream.attempt_timeout_ms = 10_000;
+    config.upstream.attempt_timeout_ms = 60_000;
     config.upstream.total_timeout_ms = 500;
     let proxy = start_proxy(config).await;
-    ups.na.push([Action::Sleep(Duration::from_secs(3))]);
+    ups.na.push([Action::Sleep(Duration::from_secs(30))]);
     let started = Instant::now();
     get(&client(), &proxy.url("/v1/a"), &us())
         .await
         .assert_error(504, "upstream_timeout");
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(450) && took < Duration::from_millis(1_500),
-        "{took:?}"
+        took >= Duration::from_millis(450) && took < Duration::from_secs(10),
+        "{took:?} (the total timeout is 500 ms; the upstream answers after 30 s)"
     );
     assert_eq!(ups.na.count(), 1);
     proxy.stop().await;
