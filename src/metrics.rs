@@ -74,7 +74,7 @@ pub struct Metrics {
     pub buffered_bytes: Gauge,
     pub credentials_expiry: Gauge<f64, AtomicU64>,
     pub clock_offset: Gauge<f64, AtomicU64>,
-    /// `prime_proxy_rate_limit_shared_*` (the shared rate limit, issue 10).
+    /// `prime_proxy_rate_limit_shared_*`: the shared rate limit's series.
     pub shared_limit: crate::limit::SharedLimitMetrics,
 }
 

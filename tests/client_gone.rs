@@ -1,4 +1,4 @@
-//! A client that goes away before its answer (SPEC "Logs", issue 8 item 4), through the real
+//! A client that goes away before its answer (SPEC "Logs"), through the real
 //! binary: the request still gets its log line (status 499, `error = "client_closed"`) and its
 //! metrics, the in-flight gauge returns to 0, and the upstream attempt is dropped with its
 //! connection.

@@ -1,4 +1,4 @@
-//! The real binary under a production-shaped mix for about ten seconds (issue 8 item 2): three
+//! The real binary under a production-shaped mix for about ten seconds: three
 //! regions on three endpoints, keep-alive and one-shot clients, GETs and POSTs, small, large,
 //! chunked and buffered responses, about 5% of first attempts failing (503, connection closed
 //! without an answer), container credentials rotating every 2 s, and clients arriving one by

@@ -1,4 +1,4 @@
-//! Regions are independent (issue 8, SPEC item 1): one proxy, three upstreams on three
+//! Regions are independent (SPEC item 1): one proxy, three upstreams on three
 //! loopback addresses, traffic to all of them at once. Each request is signed for its region,
 //! reaches that region's endpoint and no other, and never waits on another region's
 //! connections.
@@ -75,7 +75,7 @@ fn assert_routed(ups: &Upstreams, marketplace: &str, request_id: &str) {
     }
 }
 
-/// The failure of issue 8: after one region has answered, the first request to another hung
+/// The failure this guards against: after one region has answered, the first request to another hung
 /// until the attempt timeout (and came back 504), because an idle pooled connection to the
 /// first region made the dial to the second "not needed".
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Requests the proxy must refuse before anything goes upstream, and headers a client cannot
-//! make it drop: one `x-amz-marketplace` per request (SPEC item 1, issue 8 item 3), a
-//! `Connection` header naming the proxy's own headers, and ambiguous framing (issue 8 item 7).
+//! make it drop: one `x-amz-marketplace` per request (SPEC item 1), a
+//! `Connection` header naming the proxy's own headers, and ambiguous framing.
 //! Raw bytes on a socket, so no client library tidies the request first.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,6 +1,6 @@
 //! Retries across three regions: a connection closed without an answer is retried for GET and
-//! POST with the same body on every attempt (issue 8 item 2), and every attempt, retries
-//! included, takes a rate-limit permit (SPEC item 7, issue 8 item 10).
+//! POST with the same body on every attempt, and every attempt, retries
+//! included, takes a rate-limit permit (SPEC item 7).
 //!
 //! The limiter tests run on the wall clock: real sockets and TLS do not advance under
 //! tokio's paused time, so the bounds are generous instead.
