@@ -257,6 +257,11 @@ struct FlushOnDrop {
 
 impl BatchedStdout {
     fn start() -> (Self, FlushOnDrop) {
+        Self::start_writing_to(std::io::stdout())
+    }
+
+    /// The batched writer with its thread writing to `out` (stdout in the proxy).
+    fn start_writing_to(mut out: impl std::io::Write + Send + 'static) -> (Self, FlushOnDrop) {
         let pending = Arc::new(Pending::new(MAX_PENDING));
         let worker = Arc::clone(&pending);
         let thread = std::thread::Builder::new()
@@ -270,11 +275,11 @@ impl BatchedStdout {
                         // Collect for a moment, so a busy proxy writes batches, not lines.
                         std::thread::park_timeout(FLUSH_EVERY);
                     }
-                    worker.write_to(&mut std::io::stdout().lock());
+                    worker.write_to(&mut out);
                 }
                 // Twice: the second writes a report collected by the first.
-                worker.write_to(&mut std::io::stdout().lock());
-                worker.write_to(&mut std::io::stdout().lock());
+                worker.write_to(&mut out);
+                worker.write_to(&mut out);
             })
             .ok();
         // Set before the subscriber that appends lines is installed, so no line can come
@@ -322,12 +327,28 @@ impl std::io::Write for LineSink<'_> {
     }
 }
 
+/// The proxy's JSON subscriber (format and batched writer) writing to `out`, not installed:
+/// for `benches/logging.rs`, which measures it beside tracing-subscriber's JSON layer and
+/// tracing-appender's non-blocking writer. Dropping the guard flushes and stops the writer.
+#[doc(hidden)]
+pub fn json_subscriber_into(
+    out: impl std::io::Write + Send + 'static,
+) -> (impl tracing::Subscriber + Send + Sync, impl Drop) {
+    let (writer, guard) = BatchedStdout::start_writing_to(out);
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .event_format(JsonLines),
+    );
+    (subscriber, guard)
+}
+
 /// JSON lines, one object per event: `timestamp`, `level`, the event's fields (the text as
 /// `message`) and `target`.
 ///
-/// Written directly into the line buffer. tracing-subscriber's own JSON format collects the
-/// fields into a map of `serde_json::Value`s first, which cost about 10 µs per request line
-/// under load (a third of the request's CPU).
+/// Written directly into the line buffer, where tracing-subscriber's own JSON format
+/// collects the fields into a map of `serde_json::Value`s first (`benches/logging.rs`
+/// measures both).
 struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines
