@@ -202,6 +202,7 @@ struct Target {
     tls: bool,
 }
 
+#[derive(Debug)]
 struct ProbeTarget {
     path: String,
     canonical_query: String,
@@ -506,7 +507,7 @@ impl Target {
         let mut checks = Vec::new();
         let blocked = |checks: &mut Vec<Check>, names: &[&'static str], because: &str| {
             for name in names {
-                checks.push(Check::skipped(*name, key, because));
+                checks.push(Check::skipped(name, key, because));
             }
         };
 
@@ -853,12 +854,13 @@ fn source_in_plain_words(credentials: &Credentials, config: &Config) -> String {
     }
 }
 
-/// A duration as a person reads it: `45 s`, `58 min`, `5 h 3 min`, `3 days`.
+/// A duration as a person reads it: `45 s`, `58 min` (to the nearest minute), `5 h 3 min`,
+/// `3 days`.
 fn in_words(duration: Duration) -> String {
     let seconds = duration.as_secs();
     match seconds {
         0..=119 => format!("{seconds} s"),
-        120..=7_199 => format!("{} min", seconds / 60),
+        120..=7_199 => format!("{} min", (seconds + 30) / 60),
         7_200..=172_799 => format!("{} h {} min", seconds / 3600, seconds % 3600 / 60),
         _ => format!("{} days", seconds / 86_400),
     }
@@ -989,6 +991,7 @@ mod tests {
     fn durations_read_as_people_say_them() {
         assert_eq!(in_words(Duration::from_secs(45)), "45 s");
         assert_eq!(in_words(Duration::from_secs(58 * 60 + 5)), "58 min");
+        assert_eq!(in_words(Duration::from_secs(15 * 60 - 1)), "15 min");
         assert_eq!(in_words(Duration::from_secs(5 * 3600 + 180)), "5 h 3 min");
         assert_eq!(in_words(Duration::from_secs(3 * 86_400)), "3 days");
     }
