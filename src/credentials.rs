@@ -416,6 +416,13 @@ fn retry_delay(failures: u32) -> Duration {
         .min(RETRY_MAX)
 }
 
+/// Why the chain has no credentials, in one plain line, and how to provide some (for
+/// `doctor`): the same words as the WARN line at start.
+pub fn explain_missing(reason: &str) -> String {
+    let why = sources_tried(reason).map_or_else(|| short(reason), |tried| format!("tried {tried}"));
+    format!("{why}; provide with {HOW_TO_PROVIDE}")
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

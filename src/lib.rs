@@ -8,13 +8,15 @@
 //! The modules follow a request: [`config`] → [`listener`] → [`route`] → [`prepare`] →
 //! [`limit`] → [`sign`] → [`upstream`] → [`respond`], orchestrated by [`proxy`] and logged
 //! once by [`access_log`]; beside them [`credentials`], [`memory`] (the budget for buffered
-//! bodies), [`admin`] (with [`metrics`]), [`tls`], [`error`] and the leaf [`error_chain`].
+//! bodies), [`admin`] (with [`metrics`]), [`tls`], [`error`] and the leaf [`error_chain`];
+//! [`doctor`] checks a setup with the same parts.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod credentials;
+pub mod doctor;
 pub mod error;
 pub mod error_chain;
 pub mod limit;
