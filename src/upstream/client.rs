@@ -18,8 +18,8 @@ use rustls_pki_types::CertificateDer;
 
 use super::gate::{ConnectionGate, GatedConnector, GatedStream};
 use super::h2pool::H2Pool;
-use crate::metrics::RegionMetrics;
 use crate::config::UpstreamConfig;
+use crate::metrics::RegionMetrics;
 
 /// The pooled TLS client every HTTP/1.1 upstream attempt goes through.
 pub type UpstreamClient = Client<HttpsConnector<GatedConnector<HttpConnector>>, Full<Bytes>>;
@@ -31,6 +31,8 @@ pub type H2Connector = HttpsConnector<GatedConnector<HttpConnector>>;
 pub type H2Stream = hyper_rustls::MaybeHttpsStream<GatedStream<TokioIo<tokio::net::TcpStream>>>;
 
 /// How one region's attempts reach its endpoint.
+// One per region, built once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Transport {
     /// hyper-util's pooled client (HTTP/1.1).
     Http1(UpstreamClient),

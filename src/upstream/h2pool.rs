@@ -78,8 +78,7 @@ impl Unprocessed {
     /// REFUSED_STREAM, or h2 failing the stream because it is above a GOAWAY's last stream id
     /// (h2 reports a stream cut by the connection's end, processed or not, as an I/O error).
     fn of(error: &h2::Error) -> Option<Self> {
-        if error.is_remote() && error.is_reset() && error.reason() == Some(Reason::REFUSED_STREAM)
-        {
+        if error.is_remote() && error.is_reset() && error.reason() == Some(Reason::REFUSED_STREAM) {
             Some(Unprocessed::RefusedStream)
         } else if error.is_remote() && error.is_go_away() {
             Some(Unprocessed::GoAway)
@@ -397,20 +396,17 @@ async fn drive(
     connection: h2::client::Connection<TokioIo<super::client::H2Stream>, Bytes>,
 ) {
     tokio::pin!(connection);
-    loop {
-        // When to look again whether the connection has idled out.
-        let Some(check_at) = pool.upgrade().map(|pool| {
-            let state = pool.state();
-            let idle_at = state
-                .connections
-                .iter()
-                .find(|e| e.id == id)
-                .filter(|e| e.in_flight == 0)
-                .map(|e| e.idle_since + pool.idle_timeout);
-            idle_at.unwrap_or_else(|| Instant::now() + pool.idle_timeout.max(Duration::from_secs(1)))
-        }) else {
-            break;
-        };
+    // When to look again whether the connection has idled out.
+    while let Some(check_at) = pool.upgrade().map(|pool| {
+        let state = pool.state();
+        let idle_at = state
+            .connections
+            .iter()
+            .find(|e| e.id == id)
+            .filter(|e| e.in_flight == 0)
+            .map(|e| e.idle_since + pool.idle_timeout);
+        idle_at.unwrap_or_else(|| Instant::now() + pool.idle_timeout.max(Duration::from_secs(1)))
+    }) {
         tokio::select! {
             result = &mut connection => {
                 if let Err(error) = result {
@@ -459,9 +455,7 @@ async fn send_on(
             .filter(|(name, _)| *name != HOST)
             .map(|(name, value)| (name.clone(), value.clone())),
     );
-    let (response, mut stream) = send
-        .send_request(head, body.is_empty())
-        .map_err(not_sent)?;
+    let (response, mut stream) = send.send_request(head, body.is_empty()).map_err(not_sent)?;
     if !body.is_empty() {
         // h2 holds what the peer's flow-control window does not take yet and sends it as the
         // window opens (the body is at most `max_body_bytes`, already in memory).

@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 
 use super::auth_failure::{self, WarnedKinds};
-use super::body::{StreamedBody, UpstreamBody};
 use super::body::WireBody;
+use super::body::{StreamedBody, UpstreamBody};
 use super::client::Transport;
 use super::gate::ConnectionGate;
 use super::retry::{Outcome, RetryBudget};
@@ -94,7 +94,11 @@ impl RegionUpstream {
                 Transport::Http2(pool) => {
                     let (parts, body) = request.into_parts();
                     // A `Full` body is one frame, at hand.
-                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
                     pool.send(&parts, &body)
                         .await
                         .map(|response| response.map(WireBody::Http2))
