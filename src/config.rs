@@ -116,6 +116,9 @@ pub struct UpstreamConfig {
     pub allow_plain_http: bool,
     /// HTTP/2 to Prime only after Prime has agreed to it.
     pub http2: bool,
+    /// With `http2`: connections per endpoint at most. A new one is opened only while every
+    /// open one is at the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub http2_max_connections: usize,
     /// A streamed response body that brings no bytes for this long is ended: the client sees
     /// a broken response and the upstream connection is discarded.
     pub body_idle_timeout_ms: u64,
@@ -339,6 +342,7 @@ impl Default for UpstreamConfig {
             pool_max_idle_per_host: 256,
             allow_plain_http: false,
             http2: false,
+            http2_max_connections: 8,
             body_idle_timeout_ms: 10_000,
             headers: BTreeMap::new(),
         }
@@ -645,6 +649,13 @@ impl Config {
                 wide(upstream.pool_max_idle_per_host),
                 0,
                 100_000,
+                Count,
+            ),
+            key(
+                "upstream.http2_max_connections",
+                wide(upstream.http2_max_connections),
+                1,
+                1_024,
                 Count,
             ),
             key(
@@ -1580,6 +1591,8 @@ mod tests {
             ("listener.max_headers", "[listener]\nmax_headers = 1001"),
             ("upstream.total_timeout_ms", "[upstream]\ntotal_timeout_ms = 3600001"),
             ("upstream.pool_idle_timeout_ms", "[upstream]\npool_idle_timeout_ms = 86400001"),
+            ("upstream.http2_max_connections", "[upstream]\nhttp2_max_connections = 0"),
+            ("upstream.http2_max_connections", "[upstream]\nhttp2_max_connections = 1025"),
             ("retry.max_attempts", "[retry]\nmax_attempts = 101"),
             ("retry.budget_tokens", "[retry]\nbudget_tokens = 4294967295"),
             ("rate_limit.burst", "[rate_limit]\nburst = 1000001"),

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use http::header::DATE;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use rustls_pki_types::ServerName;
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use crate::config::{Config, ConfigError};
 use crate::credentials;
 use crate::error_chain::error_chain;
+use crate::metrics::{Metrics, RegionMetrics};
 use crate::prepare::{self, X_AMZ_MARKETPLACE};
 use crate::route::{MarketplaceTable, Region};
 use crate::sign::{self, SignedHeaders, SigningIdentity, SigningScope};
@@ -313,20 +314,20 @@ impl Plan {
                 ]
             }
         };
-        let (client, gate) = client::build(&self.config.upstream, (**tls).clone());
+        // The region's own transport, with metrics nobody scrapes.
+        let metrics = Arc::new(RegionMetrics::new(&Metrics::new(), &target.region.key));
+        let (transport, gate) = client::build(
+            &self.config.upstream,
+            (**tls).clone(),
+            &target.region.origin,
+            &metrics,
+        );
         let sent = SystemTime::now();
         let exchange = async {
             let _demand = gate.demand();
-            let response = client.request(request).await.map_err(|e| error_chain(&e))?;
-            let received = SystemTime::now();
-            let (parts, body) = response.into_parts();
             // Only Prime's short 403 message is ever shown (when it cannot quote the request).
-            let body = Limited::new(body, PROBE_BODY_LIMIT)
-                .collect()
-                .await
-                .map(|collected| collected.to_bytes())
-                .unwrap_or_default();
-            Ok::<_, String>((parts, body, received))
+            let (parts, body) = transport.probe(request, PROBE_BODY_LIMIT).await?;
+            Ok::<_, String>((parts, body, SystemTime::now()))
         };
         let what = format!("GET {}", self.probe.path);
         let (parts, body, received) = match tokio::time::timeout(PROBE_TIMEOUT, exchange).await {

@@ -26,6 +26,15 @@ pub struct AttemptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplayLabels {
+    pub region: Arc<str>,
+    pub reason: &'static str,
+}
+
+/// The `reason` labels of `prime_proxy_upstream_unprocessed_replays_total`.
+pub const REPLAY_REASONS: [&str; 3] = ["refused_stream", "goaway", "not_sent"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegionLabels {
     pub region: Arc<str>,
 }
@@ -70,6 +79,8 @@ pub struct Metrics {
     pub retry_budget_tokens: Family<RegionLabels, Gauge>,
     pub in_flight: Gauge,
     pub upstream_connections: Family<RegionLabels, Gauge>,
+    pub upstream_stream_waits: Family<RegionLabels, Counter>,
+    pub upstream_replays: Family<ReplayLabels, Counter>,
     pub upstream_auth_failures: Family<AuthFailureLabels, Counter>,
     pub buffered_bytes: Gauge,
     pub credentials_expiry: Gauge<f64, AtomicU64>,
@@ -97,6 +108,8 @@ impl Metrics {
             retry_budget_tokens: Family::default(),
             in_flight: Gauge::default(),
             upstream_connections: Family::default(),
+            upstream_stream_waits: Family::default(),
+            upstream_replays: Family::default(),
             upstream_auth_failures: Family::default(),
             buffered_bytes: Gauge::default(),
             credentials_expiry: Gauge::default(),
@@ -148,6 +161,16 @@ impl Metrics {
             "upstream_connections",
             "Open TLS connections to the region's Prime endpoint",
             metrics.upstream_connections.clone(),
+        );
+        registry.register(
+            "upstream_stream_waits",
+            "HTTP/2 attempts that waited for a stream: every connection to the endpoint was at the server's SETTINGS_MAX_CONCURRENT_STREAMS and upstream.http2_max_connections were open",
+            metrics.upstream_stream_waits.clone(),
+        );
+        registry.register(
+            "upstream_unprocessed_replays",
+            "HTTP/2 requests the server did not process (refused_stream, goaway: above the GOAWAY's last stream id, not_sent: the connection was gone before the stream left), sent again on another stream within the same attempt",
+            metrics.upstream_replays.clone(),
         );
         registry.register(
             "upstream_auth_failures",
@@ -203,6 +226,8 @@ pub struct RegionMetrics {
     pub budget_exhausted: Counter,
     pub budget_tokens: Gauge,
     pub connections: Gauge,
+    pub stream_waits: Counter,
+    replays: [Counter; REPLAY_REASONS.len()],
     auth_failures: Family<AuthFailureLabels, Counter>,
 }
 
@@ -247,6 +272,14 @@ impl RegionMetrics {
             budget_exhausted: registered_if(upstream, &metrics.retry_budget_exhausted, &labels),
             budget_tokens: registered_if(upstream, &metrics.retry_budget_tokens, &labels),
             connections: registered_if(upstream, &metrics.upstream_connections, &labels),
+            stream_waits: registered_if(upstream, &metrics.upstream_stream_waits, &labels),
+            replays: REPLAY_REASONS.map(|reason| {
+                let labels = ReplayLabels {
+                    region: Arc::clone(region),
+                    reason,
+                };
+                registered_if(upstream, &metrics.upstream_replays, &labels)
+            }),
             auth_failures: metrics.upstream_auth_failures.clone(),
         }
     }
@@ -278,6 +311,13 @@ impl RegionMetrics {
     pub fn attempt(&self, outcome: &'static str) {
         if let Some(i) = ATTEMPT_OUTCOMES.iter().position(|known| *known == outcome) {
             self.attempts[i].inc();
+        }
+    }
+
+    /// Counts one HTTP/2 replay by its reason label (one of [`REPLAY_REASONS`]).
+    pub fn replay(&self, reason: &'static str) {
+        if let Some(i) = REPLAY_REASONS.iter().position(|known| *known == reason) {
+            self.replays[i].inc();
         }
     }
 

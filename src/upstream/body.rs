@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::gate::Demand;
+use super::h2pool::H2Body;
 use crate::memory::Reservation;
 
 /// A streamed response could not be delivered whole.
@@ -22,6 +23,8 @@ pub enum StreamError {
     Stalled(Duration),
     #[error("the upstream response body broke off: {0}")]
     Upstream(#[from] hyper::Error),
+    #[error("the upstream response body broke off: {0}")]
+    Http2(#[from] h2::Error),
 }
 
 impl StreamError {
@@ -29,7 +32,7 @@ impl StreamError {
     pub fn code(&self) -> &'static str {
         match self {
             StreamError::Stalled(_) => "upstream_body_stalled",
-            StreamError::Upstream(_) => "upstream_body_broken",
+            StreamError::Upstream(_) | StreamError::Http2(_) => "upstream_body_broken",
         }
     }
 }
@@ -88,6 +91,47 @@ impl Body for UpstreamBody {
     }
 }
 
+/// A response body as it comes off the wire: hyper-util's pooled HTTP/1.1 client, or a
+/// stream of our own HTTP/2 pool.
+#[derive(Debug)]
+pub enum WireBody {
+    Http1(Incoming),
+    Http2(H2Body),
+}
+
+impl Body for WireBody {
+    type Data = Bytes;
+    type Error = StreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        match self.get_mut() {
+            WireBody::Http1(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(StreamError::from))),
+            WireBody::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(StreamError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            WireBody::Http1(body) => body.is_end_stream(),
+            WireBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            WireBody::Http1(body) => body.size_hint(),
+            WireBody::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
 /// A body streamed from upstream. Its connection stays counted as in demand until the body
 /// is done (so the region's connection gate lets other requests dial meanwhile), and it ends
 /// with [`StreamError::Stalled`] when upstream sends nothing for `idle` while the client is
@@ -95,7 +139,7 @@ impl Body for UpstreamBody {
 /// reuses a connection with an unread body).
 #[derive(Debug)]
 pub struct StreamedBody {
-    inner: Incoming,
+    inner: WireBody,
     _demand: Demand,
     idle: Duration,
     /// Armed when the client asks for bytes that upstream has not sent yet; a client that
@@ -106,7 +150,7 @@ pub struct StreamedBody {
 }
 
 impl StreamedBody {
-    pub fn new(inner: Incoming, demand: Demand, idle: Duration) -> Self {
+    pub fn new(inner: WireBody, demand: Demand, idle: Duration) -> Self {
         Self {
             inner,
             _demand: demand,
@@ -137,7 +181,7 @@ impl Body for StreamedBody {
             }
             Poll::Ready(Some(Err(error))) => {
                 this.failed = true;
-                Poll::Ready(Some(Err(error.into())))
+                Poll::Ready(Some(Err(error)))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {

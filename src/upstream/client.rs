@@ -1,5 +1,6 @@
-//! One region's upstream client: hyper-util's pooled client over rustls, trusting the
-//! system roots plus `upstream.ca_file`, HTTP/1.1 unless `upstream.http2`. Each region has
+//! One region's upstream client over rustls, trusting the system roots plus
+//! `upstream.ca_file`: hyper-util's pooled HTTP/1.1 client, or with `upstream.http2` our own
+//! HTTP/2 pool ([`super::h2pool`]). Each region has
 //! its own client, pool and connection gate: traffic to one endpoint never waits for, or
 //! shares connections with, another.
 
@@ -10,16 +11,34 @@ use http_body_util::Full;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use super::gate::{ConnectionGate, GatedConnector};
+use super::gate::{ConnectionGate, GatedConnector, GatedStream};
+use super::h2pool::H2Pool;
 use crate::config::UpstreamConfig;
+use crate::metrics::RegionMetrics;
 
-/// The pooled TLS client every upstream attempt goes through.
+/// The pooled TLS client every HTTP/1.1 upstream attempt goes through.
 pub type UpstreamClient = Client<HttpsConnector<GatedConnector<HttpConnector>>, Full<Bytes>>;
+
+/// TCP and TLS (ALPN `h2` only) for the region's HTTP/2 pool.
+pub type H2Connector = HttpsConnector<GatedConnector<HttpConnector>>;
+
+/// One connection [`H2Connector`] opens.
+pub type H2Stream = hyper_rustls::MaybeHttpsStream<GatedStream<TokioIo<tokio::net::TcpStream>>>;
+
+/// How one region's attempts reach its endpoint.
+// One per region, built once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Transport {
+    /// hyper-util's pooled client (HTTP/1.1).
+    Http1(UpstreamClient),
+    /// Our own pool of HTTP/2 connections (`upstream.http2`).
+    Http2(H2Pool),
+}
 
 /// The upstream client could not be built (a bad `upstream.ca_file`, no roots at all).
 #[derive(Debug, thiserror::Error)]
@@ -74,20 +93,23 @@ pub fn tls_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, Clien
         .with_no_client_auth())
 }
 
-/// One region's client, and the gate that keeps its connection count at what that region's
-/// requests need.
+/// One region's transport, and the gate that keeps its connection count at what that
+/// region's requests need (and counts its open connections).
 pub fn build(
     config: &UpstreamConfig,
     tls: rustls::ClientConfig,
-) -> (UpstreamClient, Arc<ConnectionGate>) {
+    endpoint: &str,
+    metrics: &Arc<RegionMetrics>,
+) -> (Transport, Arc<ConnectionGate>) {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.connect_timeout()));
     http.set_keepalive(Some(std::time::Duration::from_secs(30)));
     let gate = ConnectionGate::new();
-    // With HTTP/2 one connection carries every request: nothing to wait for. Otherwise an
-    // unneeded dial waits as long as an attempt may, then gives up.
+    // The HTTP/2 pool opens a connection only when the open ones are at their stream limit:
+    // nothing to hold back. Otherwise an unneeded dial waits as long as an attempt may, then
+    // gives up.
     let patience = (!config.http2).then(|| config.attempt_timeout());
     let http = GatedConnector::new(http, Arc::clone(&gate), patience);
     let builder = HttpsConnectorBuilder::new().with_tls_config(tls);
@@ -96,21 +118,64 @@ pub fn build(
     } else {
         builder.https_only()
     };
-    // With `upstream.http2` Prime has agreed to HTTP/2: offer only `h2`, and let the pool
-    // know, so that concurrent first requests share one connection instead of each dialling.
-    let connector = if config.http2 {
-        builder.enable_http2().wrap_connector(http)
-    } else {
-        builder.enable_http1().wrap_connector(http)
-    };
+    if config.http2 {
+        // Prime has agreed to HTTP/2: offer only `h2`.
+        let connector = builder.enable_http2().wrap_connector(http);
+        // Validated by config: every endpoint is a URI.
+        let endpoint = endpoint.parse().unwrap_or_default();
+        let pool = H2Pool::new(
+            connector,
+            endpoint,
+            config.http2_max_connections,
+            config.pool_idle_timeout(),
+            config.attempt_timeout(),
+            Arc::clone(metrics),
+        );
+        return (Transport::Http2(pool), gate);
+    }
+    let connector = builder.enable_http1().wrap_connector(http);
     let mut client = Client::builder(TokioExecutor::new());
     client
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(config.pool_idle_timeout())
-        .pool_max_idle_per_host(config.pool_max_idle_per_host)
-        .http2_only(config.http2);
-    if config.http2 {
-        client.timer(TokioTimer::new());
+        .pool_max_idle_per_host(config.pool_max_idle_per_host);
+    (Transport::Http1(client.build(connector)), gate)
+}
+
+impl Transport {
+    /// One request outside the retry loop (`doctor`'s probe), over whichever protocol the
+    /// region uses: the response head and at most `limit` bytes of its body.
+    pub async fn probe(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        limit: usize,
+    ) -> Result<(http::response::Parts, Bytes), String> {
+        use http_body_util::{BodyExt, Limited};
+        match self {
+            Transport::Http1(client) => {
+                let response = client
+                    .request(request)
+                    .await
+                    .map_err(|e| crate::error_chain::error_chain(&e))?;
+                let (parts, body) = response.into_parts();
+                let body = Limited::new(body, limit).collect().await;
+                Ok((parts, body.map(|b| b.to_bytes()).unwrap_or_default()))
+            }
+            Transport::Http2(pool) => {
+                let (parts, body) = request.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let response = pool
+                    .send(&parts, &body)
+                    .await
+                    .map_err(|e| crate::error_chain::error_chain(&e))?;
+                let (parts, body) = response.into_parts();
+                let body = Limited::new(body, limit).collect().await;
+                Ok((parts, body.map(|b| b.to_bytes()).unwrap_or_default()))
+            }
+        }
     }
-    (client.build(connector), gate)
 }

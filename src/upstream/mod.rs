@@ -8,6 +8,7 @@ pub mod body;
 pub mod client;
 pub mod clock;
 pub mod gate;
+pub mod h2pool;
 pub mod region;
 pub mod retry;
 
@@ -104,13 +105,10 @@ impl Upstream {
             .regions()
             .iter()
             .map(|region| {
-                let (client, gate) = client::build(&config.upstream, tls.clone());
-                RegionUpstream::new(
-                    client,
-                    gate,
-                    RetryBudget::new(&config.retry),
-                    Arc::new(RegionMetrics::new(metrics, &region.key)),
-                )
+                let metrics = Arc::new(RegionMetrics::new(metrics, &region.key));
+                let (transport, gate) =
+                    client::build(&config.upstream, tls.clone(), &region.origin, &metrics);
+                RegionUpstream::new(transport, gate, RetryBudget::new(&config.retry), metrics)
             })
             .collect();
         // Validated by config: every entry is a valid name and value.

@@ -12,8 +12,9 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 
 use super::auth_failure::{self, WarnedKinds};
+use super::body::WireBody;
 use super::body::{StreamedBody, UpstreamBody};
-use super::client::UpstreamClient;
+use super::client::Transport;
 use super::gate::ConnectionGate;
 use super::retry::{Outcome, RetryBudget};
 use crate::error_chain::error_chain;
@@ -37,7 +38,7 @@ pub type AttemptResult = Result<Response<UpstreamBody>, Failure>;
 
 /// Everything that belongs to one region's endpoint.
 pub struct RegionUpstream {
-    client: UpstreamClient,
+    transport: Transport,
     gate: Arc<ConnectionGate>,
     pub budget: RetryBudget,
     pub metrics: Arc<RegionMetrics>,
@@ -46,14 +47,14 @@ pub struct RegionUpstream {
 
 impl RegionUpstream {
     pub fn new(
-        client: UpstreamClient,
+        transport: Transport,
         gate: Arc<ConnectionGate>,
         budget: RetryBudget,
         metrics: Arc<RegionMetrics>,
     ) -> Self {
         metrics.budget_tokens.set(i64::from(budget.tokens()));
         Self {
-            client,
+            transport,
             gate,
             budget,
             metrics,
@@ -77,14 +78,40 @@ impl RegionUpstream {
         let exchange = async {
             // This attempt needs a connection until its response (or small body) is in.
             let demand = self.gate.demand();
-            let response = self.client.request(request).await.map_err(|e| Failure {
-                outcome: if e.is_connect() {
-                    Outcome::ConnectError
-                } else {
-                    Outcome::ConnectionClosed
-                },
-                reason: error_chain(&e),
-            })?;
+            let response = match &self.transport {
+                Transport::Http1(client) => client
+                    .request(request)
+                    .await
+                    .map(|response| response.map(WireBody::Http1))
+                    .map_err(|e| Failure {
+                        outcome: if e.is_connect() {
+                            Outcome::ConnectError
+                        } else {
+                            Outcome::ConnectionClosed
+                        },
+                        reason: error_chain(&e),
+                    })?,
+                Transport::Http2(pool) => {
+                    let (parts, body) = request.into_parts();
+                    // A `Full` body is one frame, at hand.
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    pool.send(&parts, &body)
+                        .await
+                        .map(|response| response.map(WireBody::Http2))
+                        .map_err(|e| Failure {
+                            outcome: if e.is_connect() {
+                                Outcome::ConnectError
+                            } else {
+                                Outcome::ConnectionClosed
+                            },
+                            reason: error_chain(&e),
+                        })?
+                }
+            };
             let (parts, body) = response.into_parts();
             let length = parts
                 .headers

@@ -224,6 +224,8 @@ pub enum Action {
     ResetMidBody,
     /// Close the connection without any response (HTTP/2: reset the stream).
     CloseWithoutResponse,
+    /// HTTP/2: reset the stream with REFUSED_STREAM (the server did not process it).
+    RefuseStream,
     /// Wait this long, then answer 200.
     Sleep(Duration),
     /// Answer 200 with a chunked body whose second chunk comes after this long.
@@ -283,6 +285,8 @@ pub enum Protocol {
     Http1,
     /// ALPN `h2` only, served by hyper's HTTP/2 server.
     Http2,
+    /// As `Http2`, announcing this SETTINGS_MAX_CONCURRENT_STREAMS.
+    Http2Streams(u32),
 }
 
 /// One request as the upstream received it, with the verdict of the SigV4 verifier.
@@ -435,7 +439,7 @@ impl FakeUpstream {
         let leaf = pki.leaf(names);
         let alpn = match protocol {
             Protocol::Http1 => b"http/1.1".to_vec(),
-            Protocol::Http2 => b"h2".to_vec(),
+            Protocol::Http2 | Protocol::Http2Streams(_) => b"h2".to_vec(),
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(server_tls_with_alpn(&leaf, vec![alpn]));
         let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
@@ -489,9 +493,12 @@ impl FakeUpstream {
                         async move { state.answer(request).await }
                     });
                     if h2 {
-                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(tls), service)
-                            .await;
+                        let mut builder =
+                            hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                        if let Protocol::Http2Streams(limit) = protocol {
+                            builder.max_concurrent_streams(limit);
+                        }
+                        let _ = builder.serve_connection(TokioIo::new(tls), service).await;
                     } else {
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(tls), service)
@@ -599,6 +606,11 @@ impl Upstreams {
         Self::start_with(pki, Protocol::Http2, default_keys()).await
     }
 
+    /// HTTP/2 upstreams that allow `streams` concurrent streams per connection.
+    pub async fn start_h2_limited(pki: &Pki, streams: u32) -> Self {
+        Self::start_with(pki, Protocol::Http2Streams(streams), default_keys()).await
+    }
+
     /// Upstreams sharing one key ring (rotating credentials are accepted by every region).
     pub async fn start_with(pki: &Pki, protocol: Protocol, keys: KeyRing) -> Self {
         let start = |ip: Ipv4Addr| {
@@ -673,6 +685,28 @@ struct UpstreamState {
 }
 
 type TestBody = UnsyncBoxBody<Bytes, std::io::Error>;
+/// A fault the upstream's service injects; hyper's HTTP/2 server resets the stream with
+/// the h2 reason it finds among the error's sources (else INTERNAL_ERROR).
+#[derive(Debug)]
+enum Injected {
+    Close(std::io::Error),
+    Reset(h2::Error),
+}
+
+impl std::fmt::Display for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("injected fault")
+    }
+}
+
+impl std::error::Error for Injected {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Injected::Close(e) => Some(e),
+            Injected::Reset(e) => Some(e),
+        }
+    }
+}
 type FrameSender = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
 
 /// A response body fed by a producer task through a one-frame channel, so the upstream only
@@ -779,10 +813,7 @@ impl UpstreamState {
         }
     }
 
-    async fn answer(
-        &self,
-        request: Request<Incoming>,
-    ) -> Result<Response<TestBody>, std::io::Error> {
+    async fn answer(&self, request: Request<Incoming>) -> Result<Response<TestBody>, Injected> {
         let (parts, body) = request.into_parts();
         let body = body
             .collect()
@@ -884,7 +915,11 @@ impl UpstreamState {
                     let _ = tx.send(Err(std::io::Error::other("injected reset"))).await;
                 }
             })),
-            Action::CloseWithoutResponse => Err(std::io::Error::other("injected close")),
+            Action::CloseWithoutResponse => {
+                Err(Injected::Close(std::io::Error::other("injected close")))
+            }
+            // hyper's server resets the stream with the h2 reason it finds in the error.
+            Action::RefuseStream => Err(Injected::Reset(h2::Reason::REFUSED_STREAM.into())),
         }
     }
 
