@@ -11,6 +11,7 @@ use http::{HeaderValue, Method, Uri};
 use tokio::time::Instant;
 
 use crate::metrics::RegionMetrics;
+use crate::telemetry::{Finished, RequestTrace};
 
 /// Status logged and counted for a request whose client went away before its answer.
 pub const CLIENT_CLOSED: u16 = 499;
@@ -30,6 +31,8 @@ pub struct AccessLog {
     error: Option<&'static str>,
     reason: Option<String>,
     written: bool,
+    /// The request's server span, while tracing is on: ended with the line.
+    trace: Option<RequestTrace>,
 }
 
 impl AccessLog {
@@ -54,7 +57,18 @@ impl AccessLog {
             error: None,
             reason: None,
             written: false,
+            trace: None,
         }
+    }
+
+    /// The request's trace: its server span ends when the line is written, and the line
+    /// carries its ids.
+    pub fn set_trace(&mut self, trace: RequestTrace) {
+        self.trace = Some(trace);
+    }
+
+    pub fn trace(&self) -> Option<&RequestTrace> {
+        self.trace.as_ref()
     }
 
     pub fn set_region(&mut self, region: &Arc<RegionMetrics>) {
@@ -94,21 +108,36 @@ impl AccessLog {
         let status = self.status;
         self.region.request(status);
         self.region.duration.observe(elapsed.as_secs_f64());
+        let marketplace = self
+            .marketplace
+            .as_ref()
+            .and_then(|m| m.to_str().ok())
+            .unwrap_or("");
+        let request_id = self.request_id.to_str().unwrap_or("");
+        let ids = self.trace.as_ref().map(|trace| {
+            trace.finish(&Finished {
+                status,
+                region: &self.region.region,
+                marketplace,
+                attempts: self.attempts,
+                error: self.error,
+                request_id,
+            });
+            trace.ids()
+        });
         tracing::info!(
             method = self.method.as_str(),
             path = self.uri.path(),
-            marketplace = self
-                .marketplace
-                .as_ref()
-                .and_then(|m| m.to_str().ok())
-                .unwrap_or(""),
+            marketplace,
             region = &*self.region.region,
             status,
             attempts = self.attempts,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            request_id = self.request_id.to_str().unwrap_or(""),
+            request_id,
             error = self.error,
             reason = self.reason.as_deref(),
+            trace_id = ids.as_ref().map(|(trace, _)| trace.as_str()),
+            span_id = ids.as_ref().map(|(_, span)| span.as_str()),
             "request"
         );
     }

@@ -58,6 +58,8 @@ pub struct Config {
     pub retry: RetryConfig,
     /// Local rate limits applied before anything goes upstream.
     pub rate_limit: RateLimitConfig,
+    /// OpenTelemetry traces over OTLP; off unless an endpoint is set.
+    pub tracing: TracingConfig,
 }
 
 /// `[tls]`: serve the listener over TLS (for non-loopback use).
@@ -275,6 +277,7 @@ impl Default for Config {
             credentials: CredentialsConfig::default(),
             retry: RetryConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -455,6 +458,8 @@ impl Config {
         figment = figment.merge(env);
         let config: Config = figment.extract().map_err(describe_figment_error)?;
         config.validate()?;
+        // The standard OTEL_* variables tracing also reads: a bad one is refused here too.
+        crate::telemetry::Settings::resolve(&config.tracing, |name| std::env::var(name).ok())?;
         Ok(config)
     }
 
@@ -512,6 +517,7 @@ impl Config {
         }
         self.retry.validate()?;
         self.rate_limit.validate()?;
+        self.tracing.validate()?;
         Ok(())
     }
 
@@ -1721,5 +1727,47 @@ mod tests {
         let tls_only =
             "listen = \"0.0.0.0:8080\"\n[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n";
         assert_eq!(warnings(tls_only).len(), 1);
+    }
+}
+
+/// `[tracing]`: OpenTelemetry traces over OTLP/HTTP. The standard `OTEL_*` variables apply
+/// on top (see [`crate::telemetry::Settings::resolve`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP base URL (`/v1/traces` is appended). Empty: tracing is off
+    /// unless `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` is set.
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    /// The share of new traces sampled (parent-based: a client's sampled flag is followed).
+    pub sampler_ratio: f64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "prime-sigv4-proxy".to_owned(),
+            sampler_ratio: 1.0,
+        }
+    }
+}
+
+impl TracingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.otlp_endpoint.is_empty() {
+            crate::telemetry::check_endpoint(&self.otlp_endpoint)
+                .map_err(|reason| invalid("tracing.otlp_endpoint", reason))?;
+        }
+        if self.service_name.trim().is_empty() {
+            return Err(invalid("tracing.service_name", "must not be empty"));
+        }
+        if !(0.0..=1.0).contains(&self.sampler_ratio) {
+            return Err(invalid(
+                "tracing.sampler_ratio",
+                format!("{} is not a ratio from 0 to 1", self.sampler_ratio),
+            ));
+        }
+        Ok(())
     }
 }

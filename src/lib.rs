@@ -29,6 +29,7 @@ pub mod proxy;
 pub mod respond;
 pub mod route;
 pub mod sign;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 
@@ -59,6 +60,10 @@ pub enum StartError {
     Client(#[from] upstream::client::ClientError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Telemetry(#[from] telemetry::TelemetryError),
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
 }
 
 /// Where signing credentials come from.
@@ -133,7 +138,16 @@ pub async fn run_with(
         acceptor
     });
 
-    let proxy = Arc::new(Proxy::new(&config, table, upstream, Arc::clone(&metrics)));
+    // `[tracing]` and the OTEL_* variables; validated with the configuration.
+    let telemetry =
+        match telemetry::Settings::resolve(&config.tracing, |name| std::env::var(name).ok())? {
+            Some(settings) => Some(telemetry::Telemetry::start(&settings, &config.upstream)?),
+            None => None,
+        };
+    let proxy = Arc::new(
+        Proxy::new(&config, table, upstream, Arc::clone(&metrics))
+            .with_telemetry(telemetry.clone()),
+    );
     // The shared rate limit's leasing and heartbeat task, when `[rate_limit.shared]` is on.
     background.extend(limiter.background().map(tokio::spawn));
     let admin = AdminState::new(Arc::clone(&credentials), Arc::clone(&metrics));
@@ -217,6 +231,10 @@ pub async fn run_with(
     let _ = admin_server.await;
     for task in background {
         task.abort();
+    }
+    if let Some(telemetry) = telemetry {
+        // Waits (bounded) for the export thread to send the last spans.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     }
     tracing::info!("stopped");
     Ok(())

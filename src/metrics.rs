@@ -197,6 +197,11 @@ impl Metrics {
             "Log lines dropped because stdout was not being read",
             crate::logging::LINES_DROPPED.clone(),
         );
+        registry.register(
+            "spans_dropped",
+            "Trace spans dropped because the export queue was full (tracing on)",
+            crate::telemetry::SPANS_DROPPED.clone(),
+        );
         metrics.shared_limit.register(&mut registry);
         Metrics {
             registry,

@@ -17,6 +17,7 @@ use crate::metrics::{Metrics, RegionMetrics, NO_REGION};
 use crate::prepare::{self, X_AMZ_MARKETPLACE};
 use crate::respond::{self, ClientBody};
 use crate::route::MarketplaceTable;
+use crate::telemetry::Telemetry;
 use crate::upstream::{Forwarded, Outgoing, Upstream, UpstreamBody};
 
 /// The shared state of the request path.
@@ -29,6 +30,8 @@ pub struct Proxy {
     in_flight: Semaphore,
     /// Metric handles for requests that matched no region.
     no_region: Arc<RegionMetrics>,
+    /// Set while tracing is on; with it off, a request pays this one branch.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 /// A successful upstream exchange: the response, the attempts it took, and a 403's hint.
@@ -82,7 +85,14 @@ impl Proxy {
             // Validated to fit the semaphore at start.
             in_flight: Semaphore::new(config.listener.max_in_flight.min(Semaphore::MAX_PERMITS)),
             no_region,
+            telemetry: None,
         }
+    }
+
+    /// Traces every request from now on (`[tracing]`).
+    pub fn with_telemetry(mut self, telemetry: Option<Arc<Telemetry>>) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     pub fn upstream(&self) -> &Upstream {
@@ -107,6 +117,13 @@ impl Proxy {
             request_id.clone(),
             Arc::clone(&self.no_region),
         );
+        if let Some(telemetry) = &self.telemetry {
+            log.set_trace(telemetry.server_span(
+                request.method(),
+                request.uri().path(),
+                request.headers(),
+            ));
+        }
         let _in_flight = InFlight::enter(&self.metrics);
         let Processed { region, result } = match self.in_flight.try_acquire() {
             Ok(_permit) => self.process(request, &request_id, &mut log).await,
@@ -203,6 +220,7 @@ impl Proxy {
             body,
             held,
             region: Arc::clone(&region),
+            trace: log.trace().cloned(),
         };
         let forwarded = self.upstream.forward(&outgoing).await;
         Processed::forwarded(metrics, forwarded)

@@ -62,6 +62,8 @@ pub struct Outgoing {
     /// The body's bytes held against the memory budget until the request is done.
     pub held: Reservation,
     pub region: Arc<Region>,
+    /// The request's trace while tracing is on: each attempt gets a client span in it.
+    pub trace: Option<crate::telemetry::RequestTrace>,
 }
 
 /// The result of [`Upstream::forward`]: the response or error, and the attempts it took.
@@ -189,30 +191,54 @@ impl Upstream {
                     Some(response) => Ok(response),
                     None => Err(error),
                 };
+            let mut span = out
+                .trace
+                .as_ref()
+                .map(|trace| attempt_span(trace, out, attempts));
+            let waiting = span.is_some().then(Instant::now);
             if let Err(limited) = self.limiter.acquire(&out.method, out.uri.path()).await {
+                if let Some(span) = &mut span {
+                    span.stopped("rate_limit");
+                }
                 return Forwarded {
                     result: stop(limited.into(), response),
                     attempts,
                     hint,
                 };
             }
+            let permitted = waiting.map(|start| (start, Instant::now()));
             let request = match self
                 .credentials_now(attempts)
                 .await
                 .and_then(|held| self.signed_request(out, &held).map_err(UpstreamError::from))
             {
-                Ok(request) => request,
+                Ok(mut request) => {
+                    if let (Some(span), Some((start, permitted))) = (&mut span, permitted) {
+                        span.waited(permitted - start, permitted.elapsed());
+                        span.inject(request.headers_mut());
+                    }
+                    request
+                }
                 Err(error) => {
+                    if let Some(span) = &mut span {
+                        span.stopped(match error {
+                            UpstreamError::Credentials(_) => "credentials",
+                            _ => "signing",
+                        });
+                    }
                     return Forwarded {
                         result: stop(error, response),
                         attempts,
                         hint,
-                    }
+                    };
                 }
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 let reason = format!("total timeout of {} ms", self.total_timeout.as_millis());
+                if let Some(span) = &mut span {
+                    span.stopped("total_timeout");
+                }
                 return Forwarded {
                     result: stop(UpstreamError::Timeout { reason }, response),
                     attempts,
@@ -230,6 +256,12 @@ impl Upstream {
                 .await;
             let outcome = self.outcome(&result);
             region.metrics.attempt(outcome.label());
+            if let Some(span) = &mut span {
+                match &result {
+                    Ok(answer) => span.answered(answer.status().as_u16(), outcome.label()),
+                    Err(_) => span.failed(outcome.label()),
+                }
+            }
             let retry_after = match &result {
                 Ok(answer) => {
                     self.learn_clock(answer);
@@ -285,6 +317,10 @@ impl Upstream {
                 .budget_tokens
                 .set(i64::from(region.budget.tokens()));
             region.metrics.retries.inc();
+            if let Some(mut span) = span.take() {
+                // Ended here: the back-off belongs to no attempt.
+                span.retried(outcome.label());
+            }
             if let Some(failure) = &failure {
                 tracing::debug!(attempts, outcome = outcome.label(), reason = %failure.reason, "upstream attempt failed; retrying");
             }
@@ -369,6 +405,24 @@ impl Upstream {
             );
         }
     }
+}
+
+/// The client span of attempt `done + 1`.
+fn attempt_span(
+    trace: &crate::telemetry::RequestTrace,
+    out: &Outgoing,
+    done: u32,
+) -> crate::telemetry::AttemptSpan {
+    let host = out.uri.host().unwrap_or_default();
+    let port = out
+        .uri
+        .port_u16()
+        .unwrap_or(if out.uri.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        });
+    trace.attempt(done + 1, &out.method, &out.region.key, host, port)
 }
 
 /// The client's answer once no more attempts are made: the latest upstream response if any
