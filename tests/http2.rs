@@ -1,5 +1,5 @@
 //! `upstream.http2 = true` against real HTTP/2 TLS upstreams (ALPN `h2` only, hyper's HTTP/2
-//! server), one per region (issue 8 item 2, issue 19 item 1): signatures, no `host` header
+//! server), one per region: signatures, no `host` header
 //! beside `:authority`, one multiplexed connection per endpoint under concurrent requests,
 //! more connections when the server's stream limit is reached, REFUSED_STREAM sent again,
 //! retries, streaming. tests/nginx_h2.rs has the same against nginx.

@@ -1,5 +1,5 @@
 //! `upstream.http2 = true` against real nginx (Debian's package; `.ci/run` installs it) over
-//! h2 (issue 19 item 1): nginx terminates TLS with an rcgen certificate on 127.0.0.2, allows
+//! h2: nginx terminates TLS with an rcgen certificate on 127.0.0.2, allows
 //! 4 concurrent streams per connection, and proxies over HTTPS/1.1 to a verifying upstream on
 //! 127.0.0.1, so every signature is still checked. nginx refuses a `host` header beside
 //! `:authority` ("client sent duplicate host header", 400), shows whether the proxy opens

@@ -1,4 +1,4 @@
-//! Streamed responses across three regions (issue 8): chunked bodies and bodies over the
+//! Streamed responses across three regions: chunked bodies and bodies over the
 //! proxy's buffering threshold (256 KiB) after traffic to the same and to other regions,
 //! byte for byte; proof that the client reads while the upstream is still sending; and a
 //! body that stalls half-way (the real binary, `upstream.body_idle_timeout_ms`).
@@ -104,7 +104,7 @@ async fn chunked_responses_after_traffic_to_the_same_and_other_regions_arrive_by
     let (_pki, ups, proxy) = setup().await;
     let client = keep_alive_client();
     other_traffic(&client, &proxy, "US").await;
-    // Another region's stream after US traffic (issue 8: it timed out).
+    // Another region's stream after US traffic.
     streamed(&client, &proxy, &ups, "JP", ASK_CHUNKED, 40 * 1024).await;
     // The same region again, then a large one, then one after a DE POST.
     streamed(&client, &proxy, &ups, "US", ASK_CHUNKED, 40 * 1024).await;

@@ -1,4 +1,4 @@
-//! OpenTelemetry traces (`[tracing]`, issue 17), with the real binary, the three verifying
+//! OpenTelemetry traces (`[tracing]`), with the real binary, the three verifying
 //! TLS fake Primes, and a real OTLP/HTTP receiver in the test that decodes each export with
 //! the official OpenTelemetry proto definitions (`opentelemetry-proto` + prost).
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,4 +1,4 @@
-//! `[upstream.headers]` (SPEC, issue 8 item 8): static headers added to every upstream
+//! `[upstream.headers]` (SPEC): static headers added to every upstream
 //! attempt, retries included, and signed; a name the proxy sets itself is refused at start,
 //! naming the key. The key is set through TOML (`config_with`, a config file), so these tests
 //! fail at run time, saying which key the proxy does not know, until it does.
