@@ -263,11 +263,14 @@ fn bounds() -> &'static BTreeMap<String, (Value, Value)> {
                 );
                 assert!(float_ok(one), "{} refuses 1", key.path);
                 assert!(!float_ok(largest), "{} accepts f64::MAX", key.path);
-                assert!(!float_ok(smallest), "{} accepts any rate", key.path);
-                (
-                    Value::Float(bisect(one, smallest)),
-                    Value::Float(bisect(one, largest)),
-                )
+                // A ratio's range starts at 0 itself; a rate's at its smallest positive value.
+                let lowest = if float_ok(0f64.to_bits()) {
+                    0.0
+                } else {
+                    assert!(!float_ok(smallest), "{} accepts any rate", key.path);
+                    bisect(one, smallest)
+                };
+                (Value::Float(lowest), Value::Float(bisect(one, largest)))
             } else {
                 let default = Value::try_from(Config::default())
                     .ok()
