@@ -25,10 +25,13 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tokio::net::TcpListener;
 
+/// One export as received: its raw bytes (searched for secrets) and its decoded request.
+type Export = (Vec<u8>, ExportTraceServiceRequest);
+
 /// A collector: OTLP/HTTP protobuf on `/v1/traces`, each export kept raw and decoded.
 struct Collector {
     addr: SocketAddr,
-    exports: Arc<Mutex<Vec<(Vec<u8>, ExportTraceServiceRequest)>>>,
+    exports: Arc<Mutex<Vec<Export>>>,
 }
 
 impl Collector {
