@@ -1,34 +1,42 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by valgrind's callgrind: a figure that does not move with
 # whatever else the machine is doing, for judging a small change (or the cost of a feature)
-# where wall-clock CPU is too noisy.
+# where wall-clock CPU is too noisy. Also `MODE=callgrind scripts/loadtest.sh`.
 #
 #   scripts/callgrind-per-request.sh                                  # this checkout's release build
 #   PROXY_BIN=/other/build/prime-sigv4-proxy scripts/callgrind-per-request.sh
 #   TRACING=1 scripts/callgrind-per-request.sh                        # with 100% sampled traces
 #
-# The proxy runs under callgrind with one worker thread and the default log level, in front of
-# nginx over TLS on 127.0.0.1 (generated CA), the same GET with a 402-character LWA token as
-# scripts/loadtest.sh. A Python keep-alive client sends LOW requests in one run and HIGH in a
-# second; each run's total instruction count (every thread: runtime, log writer, span export)
-# minus the other's, divided by HIGH - LOW, is the cost of one request with start-up and
-# shutdown cancelled out. With TRACING=1 a local OTLP/HTTP sink on 127.0.0.1 accepts the
-# exports and every request is sampled (sampler_ratio = 1).
+# The proxy runs under callgrind with one worker thread and the default log level (a JSON line
+# per request), in front of nginx over TLS on 127.0.0.1 (generated CA), serving the same GET
+# with a 402-character LWA token as scripts/loadtest.sh from one Python keep-alive client.
+# Instrumentation is off while the proxy starts and serves WARMUP requests (connections, pools and
+# caches warm), on for the next REQUESTS, off again for shutdown: the counted instructions
+# (every thread: runtime, log writer, span export) divided by REQUESTS are the cost of one
+# request. With TRACING=1 a local OTLP/HTTP sink on 127.0.0.1 accepts the exports and every
+# request is sampled (sampler_ratio = 1).
+#
+# Prints the instructions per request and the TOP functions by their own (exclusive)
+# instructions per request.
 #
 # Knobs: PROXY_BIN (default target/release/prime-sigv4-proxy, built with --locked when missing),
-# LOW=200, HIGH=1200, TRACING=0, PORT_BASE=18600 (uses PORT_BASE..PORT_BASE+3), KEEP_TMP=1.
-# Needs valgrind, nginx, openssl, curl, python3. Prints one line: instructions per request.
+# WARMUP=200, REQUESTS=1000, TOP=25, TRACING=0, PORT_BASE=18600 (uses PORT_BASE..PORT_BASE+3),
+# KEEP_TMP=1 (keep the callgrind file for callgrind_annotate / kcachegrind).
+# Needs valgrind, nginx, openssl, curl, python3.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-LOW=${LOW:-200}
-HIGH=${HIGH:-1200}
+WARMUP=${WARMUP:-200}
+REQUESTS=${REQUESTS:-1000}
+TOP=${TOP:-25}
 TRACING=${TRACING:-0}
 PORT_BASE=${PORT_BASE:-18600}
 NGINX_PORT=$PORT_BASE PROXY_PORT=$((PORT_BASE + 1)) ADMIN_PORT=$((PORT_BASE + 2)) OTLP_PORT=$((PORT_BASE + 3))
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 die() { printf 'callgrind-per-request: %s\n' "$*" >&2; exit 1; }
-for tool in valgrind openssl curl python3 "$NGINX"; do command -v "$tool" >/dev/null || die "$tool is missing"; done
-(( HIGH > LOW )) || die "HIGH ($HIGH) must be above LOW ($LOW)"
+for tool in valgrind callgrind_control callgrind_annotate openssl curl python3 "$NGINX"; do
+  command -v "$tool" >/dev/null || die "$tool is missing"
+done
+(( REQUESTS > 0 )) || die "REQUESTS must be above 0"
 
 if [[ -z ${PROXY_BIN:-} ]]; then
   PROXY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/prime-sigv4-proxy"
@@ -136,24 +144,32 @@ for _ in range(count):
         sys.exit(f"status {response.status}")
 EOF
 
-run() { # count → total instructions (Ir) of one proxy run serving `count` requests
-  local count=$1 out="$WORK/callgrind.$1"
-  env -i PATH="$PATH" HOME="$WORK" AWS_ACCESS_KEY_ID=AKIDEXAMPLE \
-    AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY AWS_EC2_METADATA_DISABLED=true \
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$PROXY_BIN" --config "$WORK/proxy.toml" \
-    >"$WORK/proxy.$count.log" 2>"$WORK/valgrind.$count.log" &
-  local pid=$!
-  for ((i = 0; i < 600; i++)); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null && break
-    kill -0 "$pid" 2>/dev/null || { cat "$WORK/valgrind.$count.log" >&2; die "the proxy exited at start"; }
-    sleep 0.2
-  done
-  python3 "$WORK/client.py" "$PROXY_PORT" "$count" || die "the client failed"
-  kill -TERM "$pid"
-  wait "$pid" || true
-  sed -n 's/^summary: //p' "$out"*
-}
-low=$(run "$LOW")
-high=$(run "$HIGH")
-[[ -n $low && -n $high ]] || die "no callgrind summary"
-echo "$(( (high - low) / (HIGH - LOW) )) instructions per request ($PROXY_BIN, TRACING=$TRACING, runs of $LOW and $HIGH requests)"
+out="$WORK/callgrind.out"
+env -i PATH="$PATH" HOME="$WORK" AWS_ACCESS_KEY_ID=AKIDEXAMPLE \
+  AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY AWS_EC2_METADATA_DISABLED=true \
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+  "$PROXY_BIN" --config "$WORK/proxy.toml" >"$WORK/proxy.log" 2>"$WORK/valgrind.log" &
+proxy=$!
+PIDS+=("$proxy")
+for ((i = 0; i < 600; i++)); do
+  curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null && break
+  kill -0 "$proxy" 2>/dev/null || { cat "$WORK/valgrind.log" >&2; die "the proxy exited at start"; }
+  sleep 0.2
+done
+python3 "$WORK/client.py" "$PROXY_PORT" "$WARMUP" || die "the warm-up client failed"
+callgrind_control -i on "$proxy" >/dev/null 2>&1
+python3 "$WORK/client.py" "$PROXY_PORT" "$REQUESTS" || die "the client failed"
+callgrind_control -i off "$proxy" >/dev/null 2>&1
+kill -TERM "$proxy"
+wait "$proxy" || true
+total=$(sed -n 's/^totals: //p' "$out")
+[[ -n $total && $total -gt 0 ]] || die "no instructions counted in $out"
+echo "$((total / REQUESTS)) instructions per request ($PROXY_BIN, TRACING=$TRACING, $REQUESTS requests after $WARMUP)"
+echo "top $TOP functions, own instructions per request:"
+callgrind_annotate --inclusive=no --threshold=100 "$out" 2>/dev/null |
+  awk -v n="$REQUESTS" -v top="$TOP" '
+    /^-+$/ { rule++; next }
+    rule >= 4 && $1 ~ /^[0-9,]+$/ && !/PROGRAM TOTALS/ && shown < top {
+      ir = $1; gsub(",", "", ir)
+      sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +/, ""); printf "%10.0f  %s\n", ir / n, substr($0, 1, 110); shown++
+    }'

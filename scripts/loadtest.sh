@@ -5,6 +5,7 @@
 #   scripts/loadtest.sh                                   # compare, about 10 minutes
 #   MODE=economics scripts/loadtest.sh                    # sidecar economics, about 3 minutes
 #   MODE=profile scripts/loadtest.sh                      # perf record + strace -c of the proxy
+#   MODE=callgrind scripts/loadtest.sh                    # instructions per request (and proxy-b's)
 #   MODE="compare economics profile" scripts/loadtest.sh  # everything
 #   DURATION=3 RATE_DURATION=3 ROUNDS=1 scripts/loadtest.sh   # quick look
 #
@@ -45,8 +46,13 @@
 #   `strace -c -f` (syscalls per request), and uprobes on mimalloc's entry points
 #   (allocations.txt: allocator calls per request by calling code). Reports in PROFILE_DIR.
 #
+# MODE=callgrind — instructions per request of the proxy (and of PROXY_BIN_B when given) under
+#   valgrind's callgrind, after a warm-up, with the functions that cost the most: a figure that
+#   does not drift with the machine's load, for judging a small change
+#   (scripts/callgrind-per-request.sh; its WARMUP, REQUESTS, TOP, TRACING knobs apply).
+#
 # Knobs (environment):
-#   MODE=compare          any of: compare economics profile
+#   MODE=compare          any of: compare economics profile callgrind
 #   DURATION=10           seconds per saturated wrk run
 #   ROUNDS=3              rounds per shape (medians over them)
 #   SHAPES="one all"      which shapes
@@ -149,7 +155,7 @@ usage_error() { log "ERROR: $*"; exit 2; }
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 is_num() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
-for m in $MODE; do [[ $m =~ ^(compare|economics|profile)$ ]] || usage_error "MODE: '$m' is not compare, economics or profile"; done
+for m in $MODE; do [[ $m =~ ^(compare|economics|profile|callgrind)$ ]] || usage_error "MODE: '$m' is not compare, economics, profile or callgrind"; done
 for s in $SHAPES; do [[ $s =~ ^(one|all)$ ]] || usage_error "SHAPES: '$s' is not one or all"; done
 for t in $TARGETS; do [[ $t =~ ^(direct|proxy|envoy|proxy-mix|proxy-shared|proxy-b)$ ]] || usage_error "TARGETS: '$t' is not direct, proxy, envoy, proxy-mix, proxy-shared or proxy-b"; done
 [[ $NGINX_WORKERS == auto ]] || is_uint "$NGINX_WORKERS" || usage_error "NGINX_WORKERS must be auto or a number"
@@ -245,10 +251,11 @@ if [[ $SKIP_INSTALL != 1 ]]; then
   # nginx-light has ssl and stub_status. On a host with systemd the package also starts the
   # distribution's nginx service (port 80); this script never uses that one.
   have nginx || missing+=(nginx-light)
-  have wrk || missing+=(wrk)
+  [[ $MODE != callgrind ]] && { have wrk || missing+=(wrk); }
   have openssl || missing+=(openssl)
   have curl || missing+=(curl)
   { has_mode compare && has_target proxy-shared; } && { have redis-server || missing+=(redis-server); }
+  has_mode callgrind && { have valgrind || missing+=(valgrind); }
   if has_mode profile; then
     have perf || missing+=(linux-perf)
     have strace || missing+=(strace)
@@ -267,7 +274,9 @@ if [[ $SKIP_INSTALL != 1 ]]; then
   fi
 fi
 rm -f "$INSTALL_LOG"
-for tool in nginx wrk openssl curl python3; do have "$tool" || die "$tool is missing (SKIP_INSTALL=$SKIP_INSTALL)"; done
+WRK_TOOL=wrk
+[[ $MODE == callgrind ]] && WRK_TOOL=""   # callgrind mode drives the proxy with its own client
+for tool in nginx $WRK_TOOL openssl curl python3; do have "$tool" || die "$tool is missing (SKIP_INSTALL=$SKIP_INSTALL)"; done
 has_mode compare && (( RATE_DURATION > 0 )) && { have oha || die "oha is missing (cargo install oha --locked)"; }
 has_mode profile && { have perf && have strace || die "perf or strace is missing (apt-get install linux-perf strace)"; }
 { has_mode compare && has_target proxy-shared; } && { have redis-server || die "redis-server is missing (apt-get install redis-server, or SHARED=0)"; }
@@ -1036,6 +1045,14 @@ has_mode compare && run_compare
 has_mode economics && run_economics
 has_mode profile && run_profile
 stop_nginx
+if has_mode callgrind; then
+  # Its own nginx and ports (PORT_BASE), one build after the other.
+  for bin in "$PROXY_BIN" ${PROXY_BIN_B:+"$PROXY_BIN_B"}; do
+    log "callgrind: $bin"
+    PROXY_BIN=$bin PORT_BASE=18600 bash "$REPO/scripts/callgrind-per-request.sh" >>"$WORK/callgrind.txt" ||
+      FAILED+=("callgrind of $bin")
+  done
+fi
 
 # ---------------------------------------------------------------------------- summary
 v() { echo "${R[$1]:-}"; }
@@ -1178,6 +1195,12 @@ if has_mode economics; then
   echo "| CPU per MiB of 1 MiB request bodies (POST, 8 connections) | $(nv econ.proxy.cpu_ms_per_mib) ms | $(nv econ.envoy.cpu_ms_per_mib) ms | | |"
   echo "| peak RSS, 1 MiB request bodies | $(mib "$(v econ.proxy.body_hwm_kib)") MiB | $(mib "$(v econ.envoy.body_hwm_kib)") MiB | | |"
   echo "| peak RSS streaming a 32 MiB response to a $SLOW_READ_MIB_S MiB/s reader (RSS before) | $(mib "$(v econ.proxy.slow_hwm_kib)") MiB ($(mib "$(v econ.proxy.slow_before_kib)")) | $(mib "$(v econ.envoy.slow_hwm_kib)") MiB ($(mib "$(v econ.envoy.slow_before_kib)")) | | |"
+fi
+
+if has_mode callgrind && [[ -s $WORK/callgrind.txt ]]; then
+  echo
+  echo "Instructions per request (callgrind):"
+  cat "$WORK/callgrind.txt"
 fi
 
 if has_mode profile; then
