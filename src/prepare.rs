@@ -142,8 +142,10 @@ pub fn normalize_query(raw: &str) -> Result<String, PrepareError> {
         return Ok(String::new());
     }
     // Every name and value is encoded into one buffer; pairs are ranges into it. Four
-    // allocations per query whatever its length (this runs on every request).
-    let mut encoded = String::with_capacity(raw.len() + raw.len() / 2);
+    // allocations per query whatever its length (this runs on every request). The buffers
+    // are bytes, not `String`s: pushing a `char` re-encodes UTF-8 per byte, which made this
+    // loop a tenth of a request's instructions under callgrind.
+    let mut encoded: Vec<u8> = Vec::with_capacity(raw.len() + raw.len() / 2);
     let mut pairs: Vec<(Range<usize>, Range<usize>)> = Vec::with_capacity(8);
     let mut scratch = Vec::with_capacity(raw.len());
     for piece in raw.split('&').filter(|piece| !piece.is_empty()) {
@@ -156,16 +158,17 @@ pub fn normalize_query(raw: &str) -> Result<String, PrepareError> {
         (&encoded[a_name.clone()], &encoded[a_value.clone()])
             .cmp(&(&encoded[b_name.clone()], &encoded[b_value.clone()]))
     });
-    let mut canonical = String::with_capacity(encoded.len() + 2 * pairs.len());
+    let mut canonical = Vec::with_capacity(encoded.len() + 2 * pairs.len());
     for (i, (name, value)) in pairs.into_iter().enumerate() {
         if i > 0 {
-            canonical.push('&');
+            canonical.push(b'&');
         }
-        canonical.push_str(&encoded[name]);
-        canonical.push('=');
-        canonical.push_str(&encoded[value]);
+        canonical.extend_from_slice(&encoded[name]);
+        canonical.push(b'=');
+        canonical.extend_from_slice(&encoded[value]);
     }
-    Ok(canonical)
+    // Only unreserved ASCII and `%XX` were written: always UTF-8.
+    String::from_utf8(canonical).map_err(|_| PrepareError::NotUtf8)
 }
 
 /// Percent-decodes `text` strictly into `scratch`, then appends it to `out` encoded with the
@@ -173,7 +176,7 @@ pub fn normalize_query(raw: &str) -> Result<String, PrepareError> {
 fn reencode(
     text: &str,
     scratch: &mut Vec<u8>,
-    out: &mut String,
+    out: &mut Vec<u8>,
 ) -> Result<Range<usize>, PrepareError> {
     scratch.clear();
     let bytes = text.as_bytes();
@@ -199,17 +202,32 @@ fn reencode(
     // not UTF-8 would be signed as U+FFFD and sent as themselves, a signature Prime rejects.
     std::str::from_utf8(scratch).map_err(|_| PrepareError::NotUtf8)?;
     let start = out.len();
+    out.reserve(scratch.len() * 3);
     for &byte in scratch.iter() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(byte));
+        if UNRESERVED[usize::from(byte)] {
+            out.push(byte);
         } else {
-            out.push('%');
-            out.push(char::from(UPPER_HEX[usize::from(byte >> 4)]));
-            out.push(char::from(UPPER_HEX[usize::from(byte & 0xf)]));
+            out.extend_from_slice(&[
+                b'%',
+                UPPER_HEX[usize::from(byte >> 4)],
+                UPPER_HEX[usize::from(byte & 0xf)],
+            ]);
         }
     }
     Ok(start..out.len())
 }
+
+/// SigV4's unreserved set (RFC 3986): the bytes a canonical query carries as themselves.
+const UNRESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~');
+        byte += 1;
+    }
+    table
+};
 
 const UPPER_HEX: &[u8; 16] = b"0123456789ABCDEF";
 
