@@ -30,7 +30,7 @@ KUBE_VERSION = "1.30.0"
 
 # Kinds from CRDs: kubernetes-validate only knows built-in kinds, so these are not validated
 # against a schema offline (the tests check their content instead).
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 CONFIG_PATH = "/etc/prime-sigv4-proxy/config.toml"
 TLS_DIR = "/etc/prime-sigv4-proxy/tls"
