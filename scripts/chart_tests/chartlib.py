@@ -30,7 +30,7 @@ KUBE_VERSION = "1.30.0"
 
 # Kinds from CRDs: kubernetes-validate only knows built-in kinds, so these are not validated
 # against a schema offline (the tests check their content instead).
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 CONFIG_PATH = "/etc/prime-sigv4-proxy/config.toml"
 TLS_DIR = "/etc/prime-sigv4-proxy/tls"
@@ -190,8 +190,16 @@ def env_value(container: dict[str, Any], name: str) -> str | None:
     return None
 
 
+def config_map(rendered: Rendered) -> dict[str, Any]:
+    """The ConfigMap holding config.toml (the dashboard, when enabled, is another ConfigMap)."""
+    found = [cm for cm in rendered.all("ConfigMap") if "config.toml" in cm.get("data", {})]
+    if len(found) != 1:
+        raise AssertionError(f"expected one ConfigMap with config.toml, found {len(found)}")
+    return found[0]
+
+
 def config_toml(rendered: Rendered) -> tuple[str, dict[str, Any]]:
-    cm = rendered.one("ConfigMap")
+    cm = config_map(rendered)
     text = cm["data"]["config.toml"]
     return text, tomllib.loads(text)
 

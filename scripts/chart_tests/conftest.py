@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import chartlib  # noqa: E402
 
-SCENARIOS = ["default", "shared-limit", "sidecar", "standalone-full", "tls"]
-STANDALONE_SCENARIOS = ["default", "shared-limit", "standalone-full", "tls"]
+SCENARIOS = ["default", "observability", "shared-limit", "sidecar", "standalone-full", "tls"]
+STANDALONE_SCENARIOS = ["default", "observability", "shared-limit", "standalone-full", "tls"]
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +27,13 @@ def scenario_values() -> dict[str, dict]:
 def renders(scenario_values) -> dict[str, chartlib.Rendered]:
     return {name: chartlib.render(chartlib.CHART_DIR, values or None)
             for name, values in scenario_values.items()}
+
+
+@pytest.fixture(scope="session")
+def exposed_metrics() -> str:
+    """The real binary's /metrics after traffic that gives every family its labels."""
+    import proxybin
+    return proxybin.busy_proxy_metrics()
 
 
 @pytest.fixture(scope="session")

@@ -121,7 +121,7 @@ def test_config_map_mounted_read_only_and_passed_with_config(standalone, deploym
     assert mount["readOnly"] is True
     assert mount["subPath"] == "config.toml"
     volume = next(v for v in chartlib.pod_spec(deployment)["volumes"] if v["name"] == mount["name"])
-    assert volume["configMap"]["name"] == standalone.one("ConfigMap")["metadata"]["name"]
+    assert volume["configMap"]["name"] == chartlib.config_map(standalone)["metadata"]["name"]
     assert {"key": "config.toml", "path": "config.toml"} in volume["configMap"]["items"]
 
 

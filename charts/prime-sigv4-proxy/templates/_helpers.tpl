@@ -78,6 +78,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 */}}
 {{- define "prime-sigv4-proxy.configDir" -}}/etc/prime-sigv4-proxy{{- end }}
 {{- define "prime-sigv4-proxy.configPath" -}}/etc/prime-sigv4-proxy/config.toml{{- end }}
+{{/* configReload inPlace: the ConfigMap's directory, mounted whole (no subPath). */}}
+{{- define "prime-sigv4-proxy.configReloadDir" -}}/etc/prime-sigv4-proxy/config{{- end }}
+{{- define "prime-sigv4-proxy.inPlaceReload" -}}
+{{- if eq .Values.configReload "inPlace" }}true{{ end }}
+{{- end }}
+{{/* The --config path the container is started with. */}}
+{{- define "prime-sigv4-proxy.configArg" -}}
+{{- if include "prime-sigv4-proxy.inPlaceReload" . }}
+{{- printf "%s/config.toml" (include "prime-sigv4-proxy.configReloadDir" .) }}
+{{- else }}
+{{- include "prime-sigv4-proxy.configPath" . }}
+{{- end }}
+{{- end }}
 {{- define "prime-sigv4-proxy.tlsDir" -}}/etc/prime-sigv4-proxy/tls{{- end }}
 {{- define "prime-sigv4-proxy.clientCaDir" -}}/etc/prime-sigv4-proxy/client-ca{{- end }}
 
@@ -363,7 +376,7 @@ file paths). Rendered as TOML by "prime-sigv4-proxy.configToml".
   {{- end }}
   args:
     - --config
-    - {{ include "prime-sigv4-proxy.configPath" . }}
+    - {{ include "prime-sigv4-proxy.configArg" . }}
   env:
     # The image defaults these to 0.0.0.0 for `docker run`; environment variables override
     # config.toml, so set them to the same addresses as the rendered config.
@@ -410,10 +423,19 @@ file paths). Rendered as TOML by "prime-sigv4-proxy.configToml".
     {{- toYaml . | nindent 4 }}
   {{- end }}
   volumeMounts:
+    {{- if include "prime-sigv4-proxy.inPlaceReload" . }}
+    # configReload inPlace: a directory mount (no subPath), so the kubelet's atomic swap of
+    # the ..data symlink on a ConfigMap change reaches the pod and the proxy reloads the file.
+    - name: prime-sigv4-proxy-config
+      mountPath: {{ include "prime-sigv4-proxy.configReloadDir" . }}
+      readOnly: true
+    {{- else }}
+    # configReload restart: the file alone; a config change rolls the pods (checksum annotation).
     - name: prime-sigv4-proxy-config
       mountPath: {{ include "prime-sigv4-proxy.configPath" . }}
       subPath: config.toml
       readOnly: true
+    {{- end }}
     {{- if .Values.tls.enabled }}
     # A directory mount (no subPath): renewed certificates reach the pod and are reloaded.
     - name: prime-sigv4-proxy-tls
@@ -473,9 +495,13 @@ file paths). Rendered as TOML by "prime-sigv4-proxy.configToml".
 {{- end }}
 {{- end }}
 
-{{/* Pod annotations the proxy needs: config checksum and Prometheus scrape hints. */}}
+{{/* Pod annotations the proxy needs: the config checksum (configReload restart: a config
+change rolls the pods; inPlace: none, the proxy reloads the file) and Prometheus scrape hints.
+May be empty. */}}
 {{- define "prime-sigv4-proxy.podAnnotations" -}}
+{{- if not (include "prime-sigv4-proxy.inPlaceReload" .) }}
 checksum/prime-sigv4-proxy-config: {{ include "prime-sigv4-proxy.configChecksum" . }}
+{{- end }}
 {{- if .Values.metrics.podAnnotations }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .Values.ports.admin | toString | quote }}
@@ -551,4 +577,38 @@ self
 {{- $ctx = index .Subcharts "prime-sigv4-proxy" }}
 {{- end }}
 {{- include "prime-sigv4-proxy.podAnnotations" $ctx }}
+{{- end }}
+
+{{/*
+=====================================================================================
+ PrometheusRule pieces
+=====================================================================================
+*/}}
+
+{{/* The label matchers that select this release's series (prometheusRule.selector). */}}
+{{- define "prime-sigv4-proxy.rules.selector" -}}
+{{- default (printf "namespace=%q" .Release.Namespace) .Values.prometheusRule.selector }}
+{{- end }}
+
+{{/* `by (...)` labels of the fleet-wide alerts, and of the per-replica ones. */}}
+{{- define "prime-sigv4-proxy.rules.groupBy" -}}
+{{- join ", " .Values.prometheusRule.groupBy }}
+{{- end }}
+{{- define "prime-sigv4-proxy.rules.podGroupBy" -}}
+{{- join ", " (append (without .Values.prometheusRule.groupBy .Values.prometheusRule.podLabel) .Values.prometheusRule.podLabel) }}
+{{- end }}
+
+{{/* `{{ $labels.NAME }}` for an alert annotation (Prometheus' template, not Helm's). */}}
+{{- define "prime-sigv4-proxy.rules.label" -}}
+{{- printf "{{ $labels.%s }}" . }}
+{{- end }}
+
+{{/* `for`, and the labels of one alert: (dict "ctx" $ "alert" $alertValues). */}}
+{{- define "prime-sigv4-proxy.rules.common" -}}
+for: {{ .alert.for }}
+labels:
+  severity: {{ .alert.severity | quote }}
+  {{- with .ctx.Values.prometheusRule.additionalLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
