@@ -1668,9 +1668,12 @@ mod tests {
         let mut found = Vec::new();
         numbers(&toml::Value::try_from(&config).unwrap(), "", &mut found);
         let bounded: Vec<String> = config.integer_keys().into_iter().map(|b| b.key).collect();
+        // Floats bounded by their own checks: the rates by check_rate, the sampler ratio by
+        // TracingConfig::validate.
         let rates = [
             "rate_limit.requests_per_second",
             "rate_limit.routes[0].requests_per_second",
+            "tracing.sampler_ratio",
         ];
         for key in &found {
             assert!(
