@@ -45,6 +45,15 @@ pub struct AuthFailureLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverloadLabels {
+    pub reason: &'static str,
+}
+
+/// The `reason` labels of `prime_proxy_overloaded_total`: `listener.max_in_flight` reached, or
+/// a request body that did not fit `listener.max_buffered_bytes`.
+pub const OVERLOAD_REASONS: [&str; 2] = ["in_flight", "memory_budget"];
+
 /// The `outcome` labels of `prime_proxy_upstream_attempts_total`.
 pub const ATTEMPT_OUTCOMES: [&str; 5] = [
     "response",
@@ -75,6 +84,8 @@ pub struct Metrics {
     pub retries: Family<RegionLabels, Counter>,
     pub request_duration: Family<RegionLabels, Histogram, DurationBuckets>,
     pub rate_limited: Counter,
+    /// `prime_proxy_overloaded_total{reason}`: requests answered 503 `overloaded`.
+    pub overloaded: Family<OverloadLabels, Counter>,
     pub retry_budget_exhausted: Family<RegionLabels, Counter>,
     pub retry_budget_tokens: Family<RegionLabels, Gauge>,
     pub in_flight: Gauge,
@@ -96,6 +107,13 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// Counts one request answered 503 `overloaded`; `reason` is one of [`OVERLOAD_REASONS`].
+    pub fn overloaded_by(&self, reason: &'static str) {
+        self.overloaded
+            .get_or_create(&OverloadLabels { reason })
+            .inc();
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("prime_proxy");
         let metrics = Metrics {
@@ -104,6 +122,7 @@ impl Metrics {
             retries: Family::default(),
             request_duration: Family::new_with_constructor(DurationBuckets),
             rate_limited: Counter::default(),
+            overloaded: Family::default(),
             retry_budget_exhausted: Family::default(),
             retry_budget_tokens: Family::default(),
             in_flight: Gauge::default(),
@@ -142,6 +161,15 @@ impl Metrics {
             "Requests rejected by the local rate limit",
             metrics.rate_limited.clone(),
         );
+        registry.register(
+            "overloaded",
+            "Requests answered 503 overloaded, by reason (in_flight: listener.max_in_flight reached; memory_budget: the body did not fit listener.max_buffered_bytes)",
+            metrics.overloaded.clone(),
+        );
+        // Both series exist from the start, so an alert on either has something to read.
+        for reason in OVERLOAD_REASONS {
+            drop(metrics.overloaded.get_or_create(&OverloadLabels { reason }));
+        }
         registry.register(
             "retry_budget_exhausted",
             "Retries not made because the region's retry budget was empty",

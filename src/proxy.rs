@@ -14,11 +14,11 @@ use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, RegionMetrics, NO_REGION};
-use crate::prepare::{self, X_AMZ_MARKETPLACE};
+use crate::prepare::{self, PrepareError, X_AMZ_MARKETPLACE};
 use crate::respond::{self, ClientBody};
 use crate::route::MarketplaceTable;
 use crate::telemetry::Telemetry;
-use crate::upstream::{Forwarded, Outgoing, Upstream, UpstreamBody};
+use crate::upstream::{Forwarded, Outgoing, Upstream, UpstreamBody, UpstreamError};
 
 /// The shared state of the request path.
 pub struct Proxy {
@@ -145,8 +145,17 @@ impl Proxy {
                 }
             }
             Err((error, attempts)) => {
-                if error.code() == "rate_limited" {
-                    self.metrics.rate_limited.inc();
+                match &error {
+                    ProxyError::Upstream(UpstreamError::RateLimited(_)) => {
+                        self.metrics.rate_limited.inc();
+                    }
+                    ProxyError::Overloaded => {
+                        self.metrics.overloaded_by("in_flight");
+                    }
+                    ProxyError::Prepare(PrepareError::OverBudget(_)) => {
+                        self.metrics.overloaded_by("memory_budget");
+                    }
+                    _ => {}
                 }
                 let response = respond::error(&error, &request_id);
                 log.set_attempts(attempts);

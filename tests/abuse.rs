@@ -165,6 +165,21 @@ async fn requests_beyond_max_in_flight_get_503_overloaded_at_once() {
     for task in slow {
         assert_eq!(task.await.unwrap().status, 200);
     }
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"prime_proxy_overloaded_total{reason="in_flight"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"prime_proxy_overloaded_total{reason="memory_budget"}"#
+        ),
+        Some(0.0)
+    );
     healthy(&proxy).await;
     proxy.stop().await;
 }

@@ -77,6 +77,22 @@ async fn a_burst_of_large_uploads_stays_inside_the_budget_and_nothing_is_lost() 
         ok > 0 && overloaded > 0,
         "{ok} answered, {overloaded} overloaded"
     );
+    // Counted by their reason: the budget, not the in-flight limit (1024, above 300).
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"prime_proxy_overloaded_total{reason="memory_budget"}"#
+        ),
+        Some(overloaded as f64)
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"prime_proxy_overloaded_total{reason="in_flight"}"#
+        ),
+        Some(0.0)
+    );
     // Every upload that was forwarded arrived whole.
     for received in upstream.requests() {
         assert_eq!(received.body.len(), 1024 * 1024);

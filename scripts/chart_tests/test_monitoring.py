@@ -33,6 +33,7 @@ DASHBOARD_SERIES = {
     "prime_proxy_rate_limited_total", "prime_proxy_rate_limit_shared_up",
     "prime_proxy_in_flight_requests", "prime_proxy_buffered_body_bytes",
     "prime_proxy_log_lines_dropped_total", "prime_proxy_spans_dropped_total",
+    "prime_proxy_overloaded_total",
 }
 
 
@@ -232,7 +233,7 @@ def test_alert_thresholds_selector_and_grouping_follow_the_values(exposed):
             "podLabel": "instance", "additionalLabels": {"team": "checkout"},
             "alerts": {"high5xxRatio": {"ratio": 0.2, "for": "15m", "severity": "warning"},
                        "credentialsExpiring": {"seconds": 900},
-                       "memoryBudget": {"ratio": 0.75},
+                       "memoryBudget": {"for": "1m"},
                        "logLinesDropped": {"enabled": False}}}})
     rule = rendered.one("PrometheusRule")
     assert rule["metadata"]["namespace"] == "monitoring"
@@ -243,7 +244,8 @@ def test_alert_thresholds_selector_and_grouping_follow_the_values(exposed):
     assert high["for"] == "15m" and high["labels"] == {"severity": "warning", "team": "checkout"}
     assert "More than 20% of the requests" in high["annotations"]["description"]
     assert "< 900 > 0" in alert(rendered, "PrimeSigv4ProxyCredentialsExpiring")["expr"]
-    assert "> 0.75 * 134217728" in alert(rendered, "PrimeSigv4ProxyMemoryBudgetFull")["expr"]
+    budget = alert(rendered, "PrimeSigv4ProxyMemoryBudgetFull")
+    assert budget["for"] == "1m" and "134217728 bytes" in budget["annotations"]["description"]
     overloaded = alert(rendered, "PrimeSigv4ProxyOverloaded")
     assert "sum by (cluster, namespace, instance)" in overloaded["expr"]
     assert "{{ $labels.instance }}" in overloaded["annotations"]["summary"]
@@ -256,8 +258,12 @@ def test_alert_thresholds_selector_and_grouping_follow_the_values(exposed):
             assert all("job" in labels for labels in uses.selectors.values()), r["alert"]
 
 
-def test_memory_budget_alert_uses_the_chart_default_budget(both):
-    assert "> 0.9 * 67108864" in alert(both, "PrimeSigv4ProxyMemoryBudgetFull")["expr"]
+def test_overload_alerts_count_refusals_by_their_reason(both):
+    budget = alert(both, "PrimeSigv4ProxyMemoryBudgetFull")
+    assert 'prime_proxy_overloaded_total' in budget["expr"] and 'reason="memory_budget"' in budget["expr"]
+    assert "67108864 bytes" in budget["annotations"]["description"]
+    admission = alert(both, "PrimeSigv4ProxyOverloaded")
+    assert 'reason="in_flight"' in admission["expr"]
 
 
 def test_a_misspelt_series_is_caught(exposed):
