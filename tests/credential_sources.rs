@@ -347,6 +347,26 @@ async fn sso_session_profile_signs_with_the_portals_role_credentials() {
     assert!(target.contains("account_id=111122223333"), "{target}");
     assert!(target.contains("role_name=PrimeDeveloper"), "{target}");
     assert!(sso.oidc_calls.lock().unwrap().is_empty());
+    // `doctor` names the profile and the source.
+    let mut doctor = home.command("dev");
+    sso.configure(&mut doctor);
+    doctor
+        .arg("doctor")
+        .arg("--config")
+        .arg(pki.dir.path().join("proxy.toml"));
+    let output = tokio::time::timeout(Duration::from_secs(30), doctor.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let credentials = stdout
+        .lines()
+        .find(|l| l.starts_with("ok   credentials"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        credentials.contains("profile `dev` (SSO): access key ASIA…"),
+        "{credentials}"
+    );
     let logs = proxy.logs();
     for secret in [
         "sso-access-token-valid",
@@ -523,20 +543,18 @@ async fn expired_token_then_login(config: &str, profile: &str, file: &str, refre
         file,
         &token_file("sso-access-token-after-login", 8 * 3600, refreshable),
     );
-    let logged_in = std::time::Instant::now();
-    let mut status = 503;
-    while status != 200 && logged_in.elapsed() < Duration::from_secs(15) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        status = get(
+    let signed = eventually_async(Duration::from_secs(15), || async {
+        get(
             &client,
             &proxy.url("/v1/benefits"),
             &[("x-amz-marketplace", "US")],
         )
         .await
         .status
-        .as_u16();
-    }
-    assert_eq!(status, 200, "{}", proxy.logs());
+            == 200
+    })
+    .await;
+    assert!(signed, "{}", proxy.logs());
     assert_signed_in_every_region(&proxy, &ups, PORTAL_KEY, Some(PORTAL_SESSION_TOKEN)).await;
     assert!(
         eventually(Duration::from_secs(5), || {
@@ -559,9 +577,10 @@ async fn an_expired_legacy_sso_token_says_to_log_in_and_a_login_is_picked_up_wit
 }
 
 #[tokio::test]
-async fn a_missing_sso_token_says_to_log_in() {
+async fn a_missing_sso_token_says_to_log_in_and_the_first_login_is_picked_up() {
     let (pki, home, sso) = (Pki::new(), Home::new(), FakeSso::start().await);
     let ups = Upstreams::start(&pki).await;
+    ups.accept_key(PORTAL_KEY, PORTAL_SECRET);
     home.write(".aws/config", SESSION_CONFIG);
     let mut command = home.command("dev");
     sso.configure(&mut command);
@@ -590,7 +609,45 @@ async fn a_missing_sso_token_says_to_log_in() {
         "{message}"
     );
     assert!(sso.bearers().is_empty());
+
+    // `aws sso login` writes the first token file: picked up without a restart.
+    sso.accept("sso-access-token-first-login");
+    home.write(
+        SESSION_TOKEN_FILE,
+        &token_file("sso-access-token-first-login", 8 * 3600, true),
+    );
+    let client = client();
+    let signed = eventually_async(Duration::from_secs(15), || async {
+        get(
+            &client,
+            &proxy.url("/v1/benefits"),
+            &[("x-amz-marketplace", "JP")],
+        )
+        .await
+        .status
+            == 200
+    })
+    .await;
+    assert!(signed, "{}", proxy.logs());
+    assert_signed_in_every_region(&proxy, &ups, PORTAL_KEY, Some(PORTAL_SESSION_TOKEN)).await;
+    assert_eq!(lines_containing(&proxy, said).len(), 1);
     assert_eq!(proxy.terminate().await.code(), Some(0));
+}
+
+/// Polls the async `check` every 200 ms until it holds or `within` passes.
+async fn eventually_async<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    check().await
 }
 
 // ---------------------------------------------------------------------------------------
