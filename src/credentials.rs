@@ -242,7 +242,8 @@ impl ProvideCredentials for NoCredentials {
 /// DEBUG lines. With `sso` (the selected profile's SSO login), a failure whose cause is the
 /// cached SSO token (missing, expired) gets its own plain WARN line naming the profile and
 /// `aws sso login`, once per token state; while the token stays that way the refresher looks at
-/// the token file every [`SSO_TOKEN_POLL`] and fetches as soon as a login has rewritten it.
+/// the token file every [`SSO_TOKEN_POLL`] and fetches as soon as a login has rewritten it
+/// (else after the longest backoff).
 pub async fn refresh_forever(
     provider: SharedCredentialsProvider,
     sso: Option<SsoLogin>,
@@ -306,10 +307,12 @@ pub async fn refresh_forever(
                             sso_logged = Some(state);
                             warn_sso_token(login, &problem, held.as_deref(), now);
                         } else {
-                            tracing::debug!(%reason, retry_in_s, "SSO token still not usable");
+                            tracing::debug!(%reason, "SSO token still not usable");
                         }
+                        // Only a login (a new token file) helps now, or a refresh, which
+                        // aws-config tries at most every 30 s: no point asking sooner.
                         let fingerprint = login.token_fingerprint().await;
-                        Next::AfterOrRewritten(wait, login, fingerprint)
+                        Next::AfterOrRewritten(RETRY_MAX, login, fingerprint)
                     }
                     None => {
                         let after_sso = sso_logged.take().is_some();

@@ -472,9 +472,14 @@ async fn expired_token_then_login(config: &str, profile: &str, file: &str, refre
         "{}",
         proxy.logs()
     );
-    // Retries go on (DEBUG lines) without repeating the WARN line.
-    let retried = eventually(Duration::from_secs(15), || {
-        lines_containing(&proxy, "SSO token still not usable").len() >= 2
+    // A file rewritten with another unusable token is fetched again (a DEBUG line) within the
+    // poll, and the WARN line is not repeated.
+    home.write(
+        file,
+        &stale.replace("sso-access-token-stale", "sso-access-token-stale-too"),
+    );
+    let retried = eventually(Duration::from_secs(10), || {
+        !lines_containing(&proxy, "SSO token still not usable").is_empty()
     })
     .await;
     assert!(retried, "{}", proxy.logs());
@@ -537,7 +542,8 @@ async fn expired_token_then_login(config: &str, profile: &str, file: &str, refre
     );
     assert!(!stdout.contains("sso-access-token-stale"), "{stdout}");
 
-    // The user logs in: the AWS CLI writes a new token file. No restart.
+    // The user logs in: the AWS CLI writes a new token file. Picked up within the poll, not
+    // the 30 s backoff; no restart.
     sso.accept("sso-access-token-after-login");
     home.write(
         file,
