@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::config::CredentialsConfig;
 use crate::error_chain::error_chain;
 use crate::sign::{SignError, SigningIdentity};
+use crate::sso::{SsoLogin, TokenState};
 
 /// Refresh this long before expiry when credentials live long enough (the SDKs use 5 min).
 const REFRESH_AHEAD: Duration = Duration::from_secs(300);
@@ -238,11 +239,21 @@ impl ProvideCredentials for NoCredentials {
 ///
 /// Logs one WARN when the proxy finds itself without credentials (which sources were tried,
 /// how to provide some) and one INFO when it has some again; the failures in between are
-/// DEBUG lines.
-pub async fn refresh_forever(provider: SharedCredentialsProvider, store: Arc<CredentialStore>) {
+/// DEBUG lines. With `sso` (the selected profile's SSO login), a failure whose cause is the
+/// cached SSO token (missing, expired) gets its own plain WARN line naming the profile and
+/// `aws sso login`, once per token state; while the token stays that way the refresher looks at
+/// the token file every [`SSO_TOKEN_POLL`] and fetches as soon as a login has rewritten it
+/// (else after the longest backoff).
+pub async fn refresh_forever(
+    provider: SharedCredentialsProvider,
+    sso: Option<SsoLogin>,
+    store: Arc<CredentialStore>,
+) {
     let mut wanted = store.wanted.subscribe();
     let mut failures: u32 = 0;
     let mut missing_since: Option<SystemTime> = None;
+    // The SSO token state last logged, so that each state is said once.
+    let mut sso_logged: Option<TokenState> = None;
     loop {
         let fetched = fetch(&provider).await;
         let now = SystemTime::now();
@@ -252,6 +263,7 @@ pub async fn refresh_forever(provider: SharedCredentialsProvider, store: Arc<Cre
         }) {
             Ok(credentials) => {
                 failures = 0;
+                sso_logged = None;
                 let wait = next_refresh(now, credentials.expiry());
                 let expires_in_s = credentials
                     .expiry()
@@ -278,16 +290,43 @@ pub async fn refresh_forever(provider: SharedCredentialsProvider, store: Arc<Cre
                 let wait = retry_delay(failures);
                 failures = failures.saturating_add(1);
                 let retry_in_s = wait.as_secs_f64();
-                if store.valid(now).is_some() {
-                    let reason = short(&reason);
-                    tracing::warn!(%reason, retry_in_s, "refreshing AWS credentials failed; still signing with the valid ones held");
-                } else if missing_since.is_none() {
+                let held = store.valid(now);
+                let sso_problem = match &sso {
+                    Some(login) => {
+                        let state = login.token_state().await;
+                        login.problem(state).map(|problem| (login, state, problem))
+                    }
+                    None => None,
+                };
+                if held.is_none() && missing_since.is_none() {
                     missing_since = Some(now);
-                    warn_no_credentials(&reason);
-                } else {
-                    tracing::debug!(%reason, retry_in_s, "still no AWS credentials");
                 }
-                Next::After(wait)
+                match sso_problem {
+                    Some((login, state, problem)) => {
+                        if sso_logged != Some(state) {
+                            sso_logged = Some(state);
+                            warn_sso_token(login, &problem, held.as_deref(), now);
+                        } else {
+                            tracing::debug!(%reason, "SSO token still not usable");
+                        }
+                        // Only a login (a new token file) helps now, or a refresh, which
+                        // aws-config tries at most every 30 s: no point asking sooner.
+                        let fingerprint = login.token_fingerprint().await;
+                        Next::AfterOrRewritten(RETRY_MAX, login, fingerprint)
+                    }
+                    None => {
+                        let after_sso = sso_logged.take().is_some();
+                        if held.is_some() {
+                            let reason = short(&reason);
+                            tracing::warn!(%reason, retry_in_s, "refreshing AWS credentials failed; still signing with the valid ones held");
+                        } else if missing_since == Some(now) || after_sso {
+                            warn_no_credentials(&reason);
+                        } else {
+                            tracing::debug!(%reason, retry_in_s, "still no AWS credentials");
+                        }
+                        Next::After(wait)
+                    }
+                }
             }
         };
         let done = store.fetch_finished(now);
@@ -305,16 +344,64 @@ pub async fn refresh_forever(provider: SharedCredentialsProvider, store: Arc<Cre
                     _ = asked => {}
                 }
             }
+            Next::AfterOrRewritten(wait, login, fingerprint) => {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = rewritten(login, fingerprint) => {}
+                    _ = asked => {}
+                }
+            }
         }
     }
 }
 
+/// How often the token file is looked at while the SSO token is missing or expired: a login
+/// is picked up this long after `aws sso login` at most. Reading one small local file.
+pub const SSO_TOKEN_POLL: Duration = Duration::from_secs(2);
+
+/// Completes once the token file's contents differ from `fingerprint`.
+async fn rewritten(login: &SsoLogin, fingerprint: Option<u64>) {
+    loop {
+        tokio::time::sleep(SSO_TOKEN_POLL).await;
+        if login.token_fingerprint().await != fingerprint {
+            return;
+        }
+    }
+}
+
+/// The one line that says the SSO token is the problem and what to run, in place of the
+/// SDK's error chain (which `RUST_LOG=aws_config=debug` shows).
+fn warn_sso_token(
+    login: &SsoLogin,
+    problem: &str,
+    held: Option<&HeldCredentials>,
+    now: SystemTime,
+) {
+    let command = login.login_command();
+    match held.and_then(|held| held.expiry) {
+        Some(expiry) => {
+            let expires_in_s = expiry.duration_since(now).unwrap_or_default().as_secs();
+            tracing::warn!(
+                profile = %login.profile,
+                expires_in_s,
+                "{problem}: run `{command}` before the credentials held expire (in {expires_in_s} s); `prime-sigv4-proxy doctor` checks the whole setup"
+            );
+        }
+        None => tracing::warn!(
+            profile = %login.profile,
+            "{problem}: run `{command}`; requests get 503 until then; `prime-sigv4-proxy doctor` checks the whole setup"
+        ),
+    }
+}
+
 /// When the refresher fetches next.
-enum Next {
+enum Next<'a> {
     /// At this wall-clock time (the credentials' schedule).
     At(SystemTime),
     /// After this backoff.
     After(Duration),
+    /// After this backoff, or as soon as the SSO token file no longer has this fingerprint.
+    AfterOrRewritten(Duration, &'a SsoLogin, Option<u64>),
 }
 
 /// Completes once the wall clock reaches `at`, at most [`WALL_CLOCK_CHECK`] late even when
@@ -416,8 +503,24 @@ fn retry_delay(failures: u32) -> Duration {
         .min(RETRY_MAX)
 }
 
-/// Why the chain has no credentials, in one plain line, and how to provide some (for
-/// `doctor`): the same words as the WARN line at start.
+/// Why the chain failed, in one plain line, and what to do (for `doctor`): the same words as
+/// the WARN lines of the refresher. `reason` is the chain's error.
+pub async fn explain_failure(reason: &str) -> String {
+    let Some(login) = SsoLogin::of_selected_profile().await else {
+        return format!("none found: {}", explain_missing(reason));
+    };
+    match login.problem(login.token_state().await) {
+        Some(problem) => format!("{problem}: run `{}`", login.login_command()),
+        None => format!(
+            "profile `{}` (SSO): the token is valid, but: {}",
+            login.profile,
+            short(reason)
+        ),
+    }
+}
+
+/// Why the chain has no credentials, in one plain line, and how to provide some: the same
+/// words as the WARN line at start.
 pub fn explain_missing(reason: &str) -> String {
     let why = sources_tried(reason).map_or_else(|| short(reason), |tried| format!("tried {tried}"));
     format!("{why}; provide with {HOW_TO_PROVIDE}")
@@ -561,7 +664,7 @@ mod tests {
             Answer::Key("AKIDAFTERWAKE", Duration::from_secs(3600)),
         ]);
         let store = CredentialStore::new();
-        let refresher = tokio::spawn(refresh_forever(script.provider(), Arc::clone(&store)));
+        let refresher = tokio::spawn(refresh_forever(script.provider(), None, Arc::clone(&store)));
         let before = store.valid_or_first(WAIT).await.unwrap();
         assert_eq!(key_of(&before), "AKIDBEFORESLEEP");
         assert_eq!(script.calls(), 1);
@@ -599,7 +702,7 @@ mod tests {
             Answer::Key("AKIDAFTERSCHEDULE", Duration::from_secs(3600)),
         ]);
         let store = CredentialStore::new();
-        let refresher = tokio::spawn(refresh_forever(script.provider(), Arc::clone(&store)));
+        let refresher = tokio::spawn(refresh_forever(script.provider(), None, Arc::clone(&store)));
         store.valid_or_first(WAIT).await.unwrap();
 
         suspend(Duration::from_millis(2_200));
@@ -619,7 +722,7 @@ mod tests {
             Answer::Fail,
         ]);
         let store = CredentialStore::new();
-        let refresher = tokio::spawn(refresh_forever(script.provider(), Arc::clone(&store)));
+        let refresher = tokio::spawn(refresh_forever(script.provider(), None, Arc::clone(&store)));
         store.valid_or_first(WAIT).await.unwrap();
 
         suspend(Duration::from_millis(400));
@@ -652,7 +755,7 @@ mod tests {
             Answer::Hang,
         ]);
         let store = CredentialStore::new();
-        let refresher = tokio::spawn(refresh_forever(script.provider(), Arc::clone(&store)));
+        let refresher = tokio::spawn(refresh_forever(script.provider(), None, Arc::clone(&store)));
         store.valid_or_first(WAIT).await.unwrap();
 
         suspend(Duration::from_millis(400));
@@ -677,7 +780,7 @@ mod tests {
     async fn without_any_credentials_requests_fail_at_once_after_the_first_fetch() {
         let script = Script::new([Answer::Fail]);
         let store = CredentialStore::new();
-        let refresher = tokio::spawn(refresh_forever(script.provider(), Arc::clone(&store)));
+        let refresher = tokio::spawn(refresh_forever(script.provider(), None, Arc::clone(&store)));
         let started = tokio::time::Instant::now();
         assert!(store.valid_or_first(WAIT).await.is_err());
         assert_eq!(

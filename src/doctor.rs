@@ -743,10 +743,7 @@ async fn check_credentials(config: &Config) -> (Check, Option<SigningIdentity>) 
     let fetched = match tokio::time::timeout(CREDENTIALS_TIMEOUT, fetch).await {
         Ok(Ok(credentials)) => credentials,
         Ok(Err(error)) => {
-            let detail = format!(
-                "none found: {}",
-                credentials::explain_missing(&error_chain(&error))
-            );
+            let detail = credentials::explain_failure(&error_chain(&error)).await;
             return (Check::fail("credentials", None, detail), None);
         }
         Err(_) => {

@@ -7,9 +7,9 @@
 //!
 //! The modules follow a request: [`config`] → [`listener`] → [`route`] → [`prepare`] →
 //! [`limit`] → [`sign`] → [`upstream`] → [`respond`], orchestrated by [`proxy`] and logged
-//! once by [`access_log`]; beside them [`credentials`], [`memory`] (the budget for buffered
-//! bodies), [`admin`] (with [`metrics`]), [`tls`], [`error`] and the leaf [`error_chain`];
-//! [`doctor`] checks a setup with the same parts.
+//! once by [`access_log`]; beside them [`credentials`] (with [`sso`]), [`memory`] (the budget
+//! for buffered bodies), [`admin`] (with [`metrics`]), [`tls`], [`error`] and the leaf
+//! [`error_chain`]; [`doctor`] checks a setup with the same parts.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
@@ -29,6 +29,7 @@ pub mod proxy;
 pub mod respond;
 pub mod route;
 pub mod sign;
+pub mod sso;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
@@ -125,13 +126,14 @@ pub async fn run_with(
     let store = Arc::clone(&credentials);
     let credentials_config = config.credentials.clone();
     background.push(tokio::spawn(async move {
-        let provider = match source {
-            CredentialSource::DefaultChain => {
-                credentials::chain_provider(&credentials_config).await
-            }
-            CredentialSource::Provider(provider) => provider,
+        let (provider, sso) = match source {
+            CredentialSource::DefaultChain => (
+                credentials::chain_provider(&credentials_config).await,
+                sso::SsoLogin::of_selected_profile().await,
+            ),
+            CredentialSource::Provider(provider) => (provider, None),
         };
-        credentials::refresh_forever(provider, store).await;
+        credentials::refresh_forever(provider, sso, store).await;
     }));
     let acceptor = tls.map(|(acceptor, certificate)| {
         background.push(tokio::spawn(certificate.watch()));

@@ -1536,6 +1536,22 @@ pub async fn http_endpoint<F>(answer: F) -> (SocketAddr, JoinHandle<()>)
 where
     F: Fn(&str, &str, &http::HeaderMap, &[u8]) -> (u16, String) + Send + Sync + 'static,
 {
+    http_endpoint_with_headers(move |method, target, headers, body| {
+        let (status, text) = answer(method, target, headers, body);
+        (status, Vec::new(), text)
+    })
+    .await
+}
+
+/// [`http_endpoint`] whose answers carry headers too (IMDS sends the token's TTL in one, the
+/// SSO services their error type): `answer` returns (status, headers, body).
+pub async fn http_endpoint_with_headers<F>(answer: F) -> (SocketAddr, JoinHandle<()>)
+where
+    F: Fn(&str, &str, &http::HeaderMap, &[u8]) -> (u16, Vec<(String, String)>, String)
+        + Send
+        + Sync
+        + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let answer = Arc::new(answer);
@@ -1560,10 +1576,16 @@ where
                             .path_and_query()
                             .map(|p| p.as_str())
                             .unwrap_or("/");
-                        let (status, text) =
+                        let (status, headers, text) =
                             answer(parts.method.as_str(), target, &parts.headers, &body);
                         let mut response = Response::new(Full::new(Bytes::from(text)));
                         *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                        for (name, value) in headers {
+                            response.headers_mut().insert(
+                                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                                http::HeaderValue::from_str(&value).unwrap(),
+                            );
+                        }
                         Ok::<_, Infallible>(response)
                     }
                 });
