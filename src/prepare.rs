@@ -178,8 +178,15 @@ fn reencode(
     scratch: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<Range<usize>, PrepareError> {
-    scratch.clear();
     let bytes = text.as_bytes();
+    let start = out.len();
+    // Most names and values (an LWA token among them) arrive already canonical: copied as
+    // they are, without the decode and encode passes.
+    if is_canonical(bytes) {
+        out.extend_from_slice(bytes);
+        return Ok(start..out.len());
+    }
+    scratch.clear();
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -201,7 +208,6 @@ fn reencode(
     // SigV4 signers (aws-sigv4 among them) decode the query as UTF-8 text: bytes that are
     // not UTF-8 would be signed as U+FFFD and sent as themselves, a signature Prime rejects.
     std::str::from_utf8(scratch).map_err(|_| PrepareError::NotUtf8)?;
-    let start = out.len();
     out.reserve(scratch.len() * 3);
     for &byte in scratch.iter() {
         if UNRESERVED[usize::from(byte)] {
@@ -215,6 +221,42 @@ fn reencode(
         }
     }
     Ok(start..out.len())
+}
+
+/// Whether `bytes` is already what [`reencode`] would write: unreserved bytes, and `%XX` in
+/// upper-case hex for ASCII bytes outside the unreserved set (so the decoded text is UTF-8).
+fn is_canonical(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        if UNRESERVED[usize::from(byte)] {
+            i += 1;
+            continue;
+        }
+        if byte != b'%' {
+            return false;
+        }
+        let (Some(&hi), Some(&lo)) = (bytes.get(i + 1), bytes.get(i + 2)) else {
+            return false;
+        };
+        let (Some(hi_value), Some(lo_value)) = (upper_hex_value(hi), upper_hex_value(lo)) else {
+            return false;
+        };
+        let decoded = hi_value << 4 | lo_value;
+        if decoded >= 0x80 || UNRESERVED[usize::from(decoded)] {
+            return false;
+        }
+        i += 3;
+    }
+    true
+}
+
+fn upper_hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
 }
 
 /// SigV4's unreserved set (RFC 3986): the bytes a canonical query carries as themselves.
@@ -478,6 +520,18 @@ mod tests {
     fn raw_utf8_is_encoded_like_its_percent_encoded_form() {
         assert_eq!(normalize_query("name=Zoë").unwrap(), "name=Zo%C3%AB");
         assert_eq!(normalize_query("name=Zo%c3%ab").unwrap(), "name=Zo%C3%AB");
+    }
+
+    #[test]
+    fn only_text_already_canonical_is_copied_as_it_is() {
+        assert!(is_canonical(b"Atza%7CIwEB-abc_1.2~"));
+        assert!(is_canonical(b""));
+        // An escaped unreserved byte, lower-case hex, an escape of a non-ASCII byte, a byte
+        // that needs escaping: each is re-encoded.
+        for text in ["%41", "%7c", "%C3%AB", "a|b", "a+b", "%"] {
+            assert!(!is_canonical(text.as_bytes()), "{text}");
+        }
+        assert_eq!(normalize_query("t=%41%7c%7C").unwrap(), "t=A%7C%7C");
     }
 
     #[test]
