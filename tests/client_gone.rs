@@ -45,20 +45,7 @@ async fn a_client_that_leaves_before_the_answer_is_logged_499_and_its_attempt_dr
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(leaving);
 
-    let line = {
-        let mut found = None;
-        for _ in 0..250 {
-            found = proxy
-                .request_lines()
-                .into_iter()
-                .find(|l| l["request_id"] == "gone-1");
-            if found.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        found.unwrap_or_else(|| panic!("no request line for gone-1:\n{}", proxy.logs()))
-    };
+    let line = proxy.request_line(|l| l["request_id"] == "gone-1").await;
     assert_eq!(line["status"], 499, "{line}");
     assert_eq!(line["error"], "client_closed", "{line}");
     assert_eq!(line["region"], "eu", "{line}");

@@ -1215,6 +1215,24 @@ impl ProxyProcess {
             .collect()
     }
 
+    /// The first request log line that `matches`, waited for (lines reach stdout in batches,
+    /// a little after the response): up to 10 s, then a panic with the logs.
+    pub async fn request_line(
+        &self,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.request_lines().into_iter().find(|l| matches(l)) {
+                return line;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("no such request line in:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The admin listener's `/metrics` text.
     pub async fn metrics(&self) -> String {
         metrics_text(self.admin).await
