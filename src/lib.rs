@@ -171,9 +171,9 @@ pub async fn run_with(
 
     let proxy_handler = {
         let proxy = Arc::clone(&proxy);
-        move |request| {
+        move |request, received_at| {
             let proxy = Arc::clone(&proxy);
-            async move { proxy.handle(request).await }
+            async move { proxy.handle(request, received_at).await }
         }
     };
     let proxy_options = listener::ServeOptions {
@@ -195,7 +195,7 @@ pub async fn run_with(
     let admin_handler = {
         let admin = Arc::clone(&admin);
         let proxy = Arc::clone(&proxy);
-        move |request| {
+        move |request, _received_at| {
             let response = admin.handle(&request, proxy.upstream());
             async move { response }
         }

@@ -72,7 +72,7 @@ pub async fn serve<H, F>(
     handler: H,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Instant) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ClientBody>> + Send + 'static,
 {
     let ServeOptions {
@@ -121,6 +121,7 @@ pub async fn serve<H, F>(
                     let handler = handler.clone();
                     let activity = Arc::clone(&activity);
                     async move {
+                        let received_at = activity.head_first_byte().unwrap_or_else(Instant::now);
                         let _busy = activity.request_started(request.version());
                         let mut request = request;
                         // The head had both Content-Length and Transfer-Encoding: hyper kept
@@ -130,7 +131,7 @@ pub async fn serve<H, F>(
                         {
                             request.extensions_mut().insert(FramingConflict);
                         }
-                        Ok::<_, Infallible>(handler(request).await)
+                        Ok::<_, Infallible>(handler(request, received_at).await)
                     }
                 })
             };
@@ -203,6 +204,10 @@ struct Activity {
     last_ms: AtomicU64,
     /// Milliseconds since `epoch` + 1 when the pending request head started; 0 when none.
     head_started_ms: AtomicU64,
+    /// Microseconds since `epoch` + 1 when the first byte of the HTTP/1 request head being
+    /// read arrived; 0 when unknown. The request's clock starts there, as its client's does,
+    /// not when hyper has parsed the whole head.
+    head_first_byte_us: AtomicU64,
     in_flight: AtomicUsize,
     /// HTTP/2 multiplexes: once its first request has started, bytes between requests are
     /// frames (pings, settings), not the start of a head, so only the idle deadline applies.
@@ -220,6 +225,7 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             // A new connection owes us a request head.
             head_started_ms: AtomicU64::new(1),
+            head_first_byte_us: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             multiplexed: AtomicBool::new(false),
             finished: AtomicU64::new(0),
@@ -247,6 +253,21 @@ impl Activity {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             );
+        }
+    }
+
+    /// A request head's first byte is arriving now.
+    fn head_arriving(&self) {
+        let us = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        self.head_first_byte_us.store(us + 1, Ordering::Relaxed);
+    }
+
+    /// When the head of the request now starting began to arrive, if the head watch saw it
+    /// (HTTP/1; not a head pipelined behind a body); taken, so no later request reuses it.
+    fn head_first_byte(&self) -> Option<Instant> {
+        match self.head_first_byte_us.swap(0, Ordering::Relaxed) {
+            0 => None,
+            us => self.epoch.checked_add(Duration::from_micros(us - 1)),
         }
     }
 
@@ -331,6 +352,7 @@ impl<T> Tracked<T> {
             }
             self.finished_seen = finished;
             self.heads.start();
+            self.activity.head_arriving();
         }
         if self.heads.feed(bytes) {
             self.activity

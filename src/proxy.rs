@@ -102,15 +102,16 @@ impl Proxy {
     /// Handles one client request; never fails: errors become the SPEC's JSON responses.
     ///
     /// If the client goes away first, this future is dropped: the upstream attempt with it,
-    /// and the request's log line is written by [`AccessLog`]'s drop as 499.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<ClientBody>
+    /// and the request's log line is written by [`AccessLog`]'s drop as 499. `received_at`:
+    /// when the request's first byte arrived, where its logged duration starts.
+    pub async fn handle<B>(&self, request: Request<B>, received_at: Instant) -> Response<ClientBody>
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let request_id = prepare::request_id(request.headers());
         let mut log = AccessLog::start(
-            Instant::now(),
+            received_at,
             request.method().clone(),
             request.uri().clone(),
             request.headers().get(&X_AMZ_MARKETPLACE).cloned(),

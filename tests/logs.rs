@@ -447,3 +447,73 @@ async fn one_line_when_credentials_arrive_after_a_time_without() {
     }
     assert_eq!(proxy.terminate().await.code(), Some(0));
 }
+
+/// Reads one HTTP/1.1 response with a Content-Length body from `stream`: its status.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed after {bytes:?}");
+        bytes.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&bytes);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if bytes.len() >= end + 4 + length {
+                return text[9..12].parse().unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_requests_logged_duration_starts_at_its_first_byte_not_at_the_parsed_head() {
+    use tokio::io::AsyncWriteExt;
+    let pki = Pki::new();
+    let ups = Upstreams::start(&pki).await;
+    let file = regions_config_file(&pki, &ups, "");
+    let proxy = ProxyProcess::start(command_with_static_key(pki.dir.path()), &file).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // A connection that sits idle before its first request: the wait is not the request's.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream
+        .write_all(b"GET /v1/a HTTP/1.1\r\nHost: x\r\nx-amz-marketplace: US\r\nx-amz-request-id: idle-first\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await, 200);
+    // The next request on the keep-alive connection arrives in two parts, 400 ms apart:
+    // its client has been waiting since the first part, and so has its duration.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream
+        .write_all(b"GET /v1/b HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stream
+        .write_all(b"x-amz-marketplace: DE\r\nx-amz-request-id: split-head\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await, 200);
+
+    let duration = |id: &'static str| {
+        let proxy = &proxy;
+        async move {
+            proxy.request_line(|l| l["request_id"] == id).await["duration_ms"]
+                .as_f64()
+                .unwrap()
+        }
+    };
+    let split = duration("split-head").await;
+    assert!(split >= 400.0, "split-head took {split} ms by the log");
+    // Generous: the upstream answers at once; only the 1.5 s idle wait must be left out.
+    let first = duration("idle-first").await;
+    assert!(first < 1000.0, "idle-first took {first} ms by the log");
+}
